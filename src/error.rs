@@ -1,0 +1,227 @@
+//! One error type for the whole crate, naming the phase that failed and, where there is one,
+//! the remedy.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use crate::event::ServerError;
+
+/// The phase of a conversation in which a timeout fired. Each has its own field in
+/// [`Timeouts`](crate::Timeouts), named in the error so the right knob can be turned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// The TCP connect (`Timeouts::connect`).
+    Connect,
+    /// The TLS and WebSocket handshakes (`Timeouts::handshake`).
+    Handshake,
+    /// Waiting for `session.created` after the handshake (`Timeouts::session_created`).
+    SessionCreated,
+    /// Waiting for `session.updated` after `session.update` (`Timeouts::session_updated`).
+    SessionUpdated,
+    /// Waiting for `session.finished` after `session.finish` (`end_session`'s timeout).
+    EndSession,
+}
+
+impl Phase {
+    /// The name of the [`Timeouts`](crate::Timeouts) field (or argument) that bounds this phase.
+    pub fn field(self) -> &'static str {
+        match self {
+            Phase::Connect => "connect",
+            Phase::Handshake => "handshake",
+            Phase::SessionCreated => "session_created",
+            Phase::SessionUpdated => "session_updated",
+            Phase::EndSession => "end_session",
+        }
+    }
+}
+
+/// Everything that can go wrong, with enough context to act on.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// No API key was given and none was found in the environment or key files.
+    NoApiKey,
+    /// A configuration value is outside what the service accepts; nothing was sent.
+    InvalidConfig {
+        /// The field, in the wire's dotted form (for example `turn_detection.threshold`).
+        field: &'static str,
+        /// What was given and what is valid.
+        message: String,
+    },
+    /// The URL cannot be used (bad syntax, wrong scheme, or `ws://` to a host that is not loopback).
+    InvalidUrl {
+        /// The offending URL, with any query removed.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Audio handed to an append call is not in the expected shape (odd byte count, bad base64).
+    InvalidAudio(String),
+    /// A phase did not finish in time.
+    Timeout {
+        /// Which phase.
+        phase: Phase,
+        /// The limit that was hit.
+        after: Duration,
+    },
+    /// Network I/O failed in a phase (DNS, connect, read, write).
+    Io {
+        /// Which phase.
+        phase: Phase,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// TLS could not be set up (bad root certificate, handshake failure, unverifiable certificate).
+    Tls(String),
+    /// The server refused the API key during the handshake (HTTP 401 or 403).
+    Authentication {
+        /// The HTTP status.
+        status: u16,
+        /// The response body, if any (lossy UTF-8).
+        body: String,
+    },
+    /// The WebSocket handshake failed for another reason (other HTTP status, protocol error).
+    Handshake(String),
+    /// The server answered with a session for a different model than the one asked for. The
+    /// service silently serves another model for a misspelled name.
+    ModelMismatch {
+        /// The model asked for.
+        requested: String,
+        /// The model the server reported in `session.created`.
+        served: String,
+    },
+    /// The server sent an `error` event in reply to a request we were waiting on.
+    Server(ServerError),
+    /// The first frame after the handshake was not a `session.created` event.
+    UnexpectedEvent {
+        /// What we were waiting for.
+        expected: &'static str,
+        /// The frame received instead (truncated).
+        got: String,
+    },
+    /// `commit` in server-VAD mode: the server commits by itself there.
+    CommitInVadMode,
+    /// `commit` with no audio appended since the last commit.
+    EmptyCommit,
+    /// The conversation is closed (by `close`, `end_session`, or the peer); nothing was sent.
+    Closed,
+    /// The connection ended while waiting for a reply.
+    ConnectionClosed {
+        /// The close code the peer sent, if any (1006 when the socket just ended).
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+    /// A local resource could not be set up (thread, wake-up socket).
+    Internal(String),
+    /// ALSA capture failed (feature `alsa`).
+    #[cfg(feature = "alsa")]
+    Capture {
+        /// The device name.
+        device: String,
+        /// The ALSA call that failed (for example `snd_pcm_open`).
+        call: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoApiKey => write!(
+                f,
+                "no API key: set DASHSCOPE_API_KEY (or DASHSCOPE_API_KEY_FILE_PATH, or write it to \
+                 ~/.dashscope/api_key), or pass one explicitly"
+            ),
+            Error::InvalidConfig { field, message } => write!(f, "invalid {field}: {message}"),
+            Error::InvalidUrl { url, reason } => write!(f, "invalid URL {url}: {reason}"),
+            Error::InvalidAudio(m) => write!(f, "invalid audio: {m}"),
+            Error::Timeout { phase, after } => write!(
+                f,
+                "timed out after {:.1} s in phase {} (raise Timeouts::{})",
+                after.as_secs_f64(),
+                phase.field(),
+                phase.field()
+            ),
+            Error::Io { phase, source } => write!(f, "I/O error during {}: {source}", phase.field()),
+            Error::Tls(m) => write!(f, "TLS error: {m}"),
+            Error::Authentication { status, body } => write!(
+                f,
+                "authentication failed (HTTP {status}): check the API key and that it belongs to \
+                 this region's endpoint{}{}",
+                if body.is_empty() { "" } else { ": " },
+                body
+            ),
+            Error::Handshake(m) => write!(f, "WebSocket handshake failed: {m}"),
+            Error::ModelMismatch { requested, served } => write!(
+                f,
+                "asked for model {requested:?} but the server serves {served:?}: check the model name"
+            ),
+            Error::Server(e) => write!(f, "server error: {e}"),
+            Error::UnexpectedEvent { expected, got } => {
+                write!(f, "expected {expected}, got {got}")
+            }
+            Error::CommitInVadMode => write!(
+                f,
+                "commit is only for manual mode (turn_detection: null); in server-VAD mode the \
+                 server commits by itself"
+            ),
+            Error::EmptyCommit => write!(f, "commit with no audio appended since the last commit"),
+            Error::Closed => write!(f, "the conversation is closed"),
+            Error::ConnectionClosed { code, reason } => {
+                write!(f, "the connection closed (code {code}")?;
+                if !reason.is_empty() {
+                    write!(f, ", {reason}")?;
+                }
+                write!(f, ")")
+            }
+            Error::Internal(m) => write!(f, "internal error: {m}"),
+            #[cfg(feature = "alsa")]
+            Error::Capture { device, call, message } => {
+                write!(f, "ALSA {call} on device {device:?} failed: {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a non-blocking append did not take the audio. The audio is handed back untouched
+/// (nothing was queued), so the caller decides what to keep.
+#[derive(Debug)]
+pub enum TryAppendError {
+    /// The outgoing queue is full: the network is slower than the audio. Retry later.
+    Full,
+    /// Any other error (closed conversation, invalid audio).
+    Other(Error),
+}
+
+impl fmt::Display for TryAppendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryAppendError::Full => write!(f, "the outgoing audio queue is full"),
+            TryAppendError::Other(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for TryAppendError {}
+
+impl From<Error> for TryAppendError {
+    fn from(e: Error) -> Self {
+        TryAppendError::Other(e)
+    }
+}

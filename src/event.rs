@@ -1,0 +1,514 @@
+//! Events: what the server sends (typed, with the raw JSON kept), what the library itself
+//! raises (`client.*`), and the client events we write on the wire.
+//!
+//! Server events follow protocol.md §3. Every field the service controls is optional here:
+//! the docs and live captures disagree on which are always present, and a missing field must
+//! not cost the caller the event.
+
+use std::fmt;
+use std::fmt::Write as _;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// One event from the conversation, in arrival order.
+///
+/// Server events keep the exact text of the frame they came from ([`Event::raw`]); events the
+/// library raises itself have a `type` starting with `client.` and no raw text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    raw: Option<String>,
+}
+
+/// The typed content of an [`Event`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// `session.created`: the first event of every connection.
+    SessionCreated(Session),
+    /// `session.updated`: the reply to `session.update`.
+    SessionUpdated(Session),
+    /// `input_audio_buffer.speech_started` (VAD mode).
+    SpeechStarted {
+        /// The item this utterance will become.
+        item_id: Option<String>,
+        /// Milliseconds of session audio before speech was detected.
+        audio_start_ms: Option<u64>,
+    },
+    /// `input_audio_buffer.speech_stopped` (VAD mode).
+    SpeechStopped {
+        /// The utterance's item.
+        item_id: Option<String>,
+        /// Milliseconds of session audio at the end of speech.
+        audio_end_ms: Option<u64>,
+    },
+    /// `input_audio_buffer.committed`: an utterance's audio is closed.
+    Committed {
+        /// The new item.
+        item_id: Option<String>,
+        /// The item before it, if any.
+        previous_item_id: Option<String>,
+    },
+    /// `conversation.item.created`.
+    ItemCreated {
+        /// The new item (`item.id`).
+        item_id: Option<String>,
+        /// The item before it, if any.
+        previous_item_id: Option<String>,
+    },
+    /// `conversation.item.input_audio_transcription.text`: a partial result. Each one replaces
+    /// the previous one for its item; it is not a delta.
+    Partial(Partial),
+    /// `conversation.item.input_audio_transcription.completed`: an item's final transcript.
+    Completed(Completed),
+    /// `conversation.item.input_audio_transcription.failed`.
+    Failed(Failed),
+    /// `session.finished`: everything after `session.finish` has been delivered.
+    SessionFinished,
+    /// `error` from the server.
+    Error(ServerError),
+    /// A well-formed event of a type this library does not know; see [`Event::raw`].
+    Unknown {
+        /// Its `type` field (empty if it had none).
+        event_type: String,
+    },
+    /// `client.malformed`: a text frame that is not a valid event (bad JSON, wrong field
+    /// types). Its text is in [`Event::raw`].
+    Malformed {
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// `client.binary`: the server sent a binary frame (the protocol has none).
+    Binary {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// `client.closed`: the connection ended. Always the last event of a conversation.
+    Closed {
+        /// The close code (1006 when the socket ended without a close frame).
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+    /// `client.audio_dropped`: audio that was handed over will never reach the server.
+    AudioDropped {
+        /// How much audio, in milliseconds.
+        ms: u64,
+        /// Why.
+        reason: String,
+    },
+    /// `client.capture_overrun`: the capture device overran and was recovered.
+    CaptureOverrun {
+        /// Overruns so far in this capture.
+        count: u64,
+        /// The estimated gap in the audio, in milliseconds.
+        gap_ms: u64,
+    },
+    /// `client.capture_error`: capture ended with an error; the conversation stays usable.
+    CaptureError {
+        /// What failed, naming the device and the ALSA call.
+        message: String,
+    },
+}
+
+/// The `session` object of `session.created` / `session.updated`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[non_exhaustive]
+pub struct Session {
+    /// The session id (`sess_…`).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The model actually serving this session.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The input audio format the server applies.
+    #[serde(default)]
+    pub input_audio_format: Option<String>,
+    /// The sample rate the server applies.
+    #[serde(default)]
+    pub sample_rate: Option<u32>,
+}
+
+/// A partial transcript (`…transcription.text`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[non_exhaustive]
+pub struct Partial {
+    /// The item.
+    #[serde(default)]
+    pub item_id: Option<String>,
+    /// The confirmed prefix: the model will not change it any more.
+    #[serde(default)]
+    pub text: String,
+    /// The provisional suffix after `text`, still subject to revision.
+    #[serde(default)]
+    pub stash: String,
+    /// The language, if reported.
+    #[serde(default)]
+    pub language: Option<String>,
+    /// The emotion, if reported.
+    #[serde(default)]
+    pub emotion: Option<String>,
+}
+
+impl Partial {
+    /// The live preview: `text` followed by `stash`.
+    pub fn preview(&self) -> String {
+        let mut s = String::with_capacity(self.text.len() + self.stash.len());
+        s.push_str(&self.text);
+        s.push_str(&self.stash);
+        s
+    }
+}
+
+/// A final transcript (`…transcription.completed`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[non_exhaustive]
+pub struct Completed {
+    /// The item.
+    #[serde(default)]
+    pub item_id: Option<String>,
+    /// The final text.
+    #[serde(default)]
+    pub transcript: String,
+    /// The detected (or requested) language.
+    #[serde(default)]
+    pub language: Option<String>,
+    /// One of surprised, neutral, happy, sad, disgusted, angry, fearful.
+    #[serde(default)]
+    pub emotion: Option<String>,
+    /// Usage, when the server reports it (undocumented; `duration` is cumulative seconds).
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+/// The `usage` object seen on `completed` events.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Audio seconds billed so far in this session.
+    #[serde(default)]
+    pub duration: Option<f64>,
+}
+
+/// A failed item (`…transcription.failed`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[non_exhaustive]
+pub struct Failed {
+    /// The item.
+    #[serde(default)]
+    pub item_id: Option<String>,
+    /// The error.
+    #[serde(default)]
+    pub error: ServerError,
+}
+
+/// The `error` object of an `error` event (all fields optional in practice).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[non_exhaustive]
+pub struct ServerError {
+    /// For example `invalid_request_error`.
+    #[serde(default, rename = "type")]
+    pub error_type: Option<String>,
+    /// For example `invalid_value`.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// A human-readable message.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The offending parameter.
+    #[serde(default)]
+    pub param: Option<String>,
+    /// The client event that caused it.
+    #[serde(default)]
+    pub event_id: Option<String>,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        for (label, v) in [
+            ("type", &self.error_type),
+            ("code", &self.code),
+            ("param", &self.param),
+        ] {
+            if let Some(v) = v {
+                write!(f, "{sep}{label} {v}")?;
+                sep = ", ";
+            }
+        }
+        if let Some(m) = &self.message {
+            write!(f, "{sep}{m}")?;
+        } else if sep.is_empty() {
+            write!(f, "(no details)")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct Ids {
+    #[serde(default)]
+    item_id: Option<String>,
+    #[serde(default)]
+    previous_item_id: Option<String>,
+    #[serde(default)]
+    audio_start_ms: Option<u64>,
+    #[serde(default)]
+    audio_end_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ItemCreated {
+    #[serde(default)]
+    previous_item_id: Option<String>,
+    #[serde(default)]
+    item: Option<ItemRef>,
+}
+
+#[derive(Deserialize)]
+struct ItemRef {
+    #[serde(default)]
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WithSession {
+    #[serde(default)]
+    session: Session,
+}
+
+#[derive(Deserialize)]
+struct WithError {
+    #[serde(default)]
+    error: ServerError,
+}
+
+impl Event {
+    /// Parses one text frame from the server. Never fails: a frame that is not a valid event
+    /// becomes [`EventKind::Malformed`] with its text kept.
+    pub fn parse(text: String) -> Event {
+        let kind = match serde_json::from_str::<Value>(&text) {
+            Ok(v) => kind_of(v),
+            Err(e) => EventKind::Malformed {
+                reason: format!("invalid JSON: {e}"),
+            },
+        };
+        Event {
+            kind,
+            raw: Some(text),
+        }
+    }
+
+    /// An event the library raises itself.
+    pub fn client(kind: EventKind) -> Event {
+        Event { kind, raw: None }
+    }
+
+    /// The exact text of the server frame this event came from (also for
+    /// [`EventKind::Malformed`]); `None` for events the library raised.
+    pub fn raw(&self) -> Option<&str> {
+        self.raw.as_deref()
+    }
+
+    /// The event's wire `type`, or `client.…` for events the library raised.
+    pub fn type_name(&self) -> &str {
+        match &self.kind {
+            EventKind::SessionCreated(_) => "session.created",
+            EventKind::SessionUpdated(_) => "session.updated",
+            EventKind::SpeechStarted { .. } => "input_audio_buffer.speech_started",
+            EventKind::SpeechStopped { .. } => "input_audio_buffer.speech_stopped",
+            EventKind::Committed { .. } => "input_audio_buffer.committed",
+            EventKind::ItemCreated { .. } => "conversation.item.created",
+            EventKind::Partial(_) => "conversation.item.input_audio_transcription.text",
+            EventKind::Completed(_) => "conversation.item.input_audio_transcription.completed",
+            EventKind::Failed(_) => "conversation.item.input_audio_transcription.failed",
+            EventKind::SessionFinished => "session.finished",
+            EventKind::Error(_) => "error",
+            EventKind::Unknown { event_type } => event_type,
+            EventKind::Malformed { .. } => "client.malformed",
+            EventKind::Binary { .. } => "client.binary",
+            EventKind::Closed { .. } => "client.closed",
+            EventKind::AudioDropped { .. } => "client.audio_dropped",
+            EventKind::CaptureOverrun { .. } => "client.capture_overrun",
+            EventKind::CaptureError { .. } => "client.capture_error",
+        }
+    }
+
+    /// True for events the library raised itself (`client.…`), including malformed frames.
+    pub fn is_client(&self) -> bool {
+        self.type_name().starts_with("client.")
+    }
+
+    /// One line of JSON: a server event exactly as received, or a `client.…` object for the
+    /// library's own events (a malformed frame's text goes in its `text` field).
+    pub fn to_json_line(&self) -> String {
+        if let (Some(raw), false) = (&self.raw, self.is_client()) {
+            return raw.clone();
+        }
+        let mut o = serde_json::Map::new();
+        o.insert("type".into(), self.type_name().into());
+        match &self.kind {
+            EventKind::Malformed { reason } => {
+                o.insert("reason".into(), reason.as_str().into());
+                o.insert("text".into(), self.raw.as_deref().unwrap_or("").into());
+            }
+            EventKind::Binary { len } => {
+                o.insert("len".into(), (*len).into());
+            }
+            EventKind::Closed { code, reason } => {
+                o.insert("code".into(), (*code).into());
+                o.insert("reason".into(), reason.as_str().into());
+            }
+            EventKind::AudioDropped { ms, reason } => {
+                o.insert("ms".into(), (*ms).into());
+                o.insert("reason".into(), reason.as_str().into());
+            }
+            EventKind::CaptureOverrun { count, gap_ms } => {
+                o.insert("count".into(), (*count).into());
+                o.insert("gap_ms".into(), (*gap_ms).into());
+            }
+            EventKind::CaptureError { message } => {
+                o.insert("message".into(), message.as_str().into());
+            }
+            _ => {}
+        }
+        Value::Object(o).to_string()
+    }
+}
+
+fn kind_of(v: Value) -> EventKind {
+    let Some(event_type) = v.get("type").and_then(Value::as_str).map(str::to_owned) else {
+        return EventKind::Malformed {
+            reason: "no string field \"type\"".into(),
+        };
+    };
+    let typed = match event_type.as_str() {
+        "session.created" => {
+            serde_json::from_value::<WithSession>(v).map(|w| EventKind::SessionCreated(w.session))
+        }
+        "session.updated" => {
+            serde_json::from_value::<WithSession>(v).map(|w| EventKind::SessionUpdated(w.session))
+        }
+        "input_audio_buffer.speech_started" => {
+            serde_json::from_value::<Ids>(v).map(|i| EventKind::SpeechStarted {
+                item_id: i.item_id,
+                audio_start_ms: i.audio_start_ms,
+            })
+        }
+        "input_audio_buffer.speech_stopped" => {
+            serde_json::from_value::<Ids>(v).map(|i| EventKind::SpeechStopped {
+                item_id: i.item_id,
+                audio_end_ms: i.audio_end_ms,
+            })
+        }
+        "input_audio_buffer.committed" => {
+            serde_json::from_value::<Ids>(v).map(|i| EventKind::Committed {
+                item_id: i.item_id,
+                previous_item_id: i.previous_item_id,
+            })
+        }
+        "conversation.item.created" => {
+            serde_json::from_value::<ItemCreated>(v).map(|i| EventKind::ItemCreated {
+                item_id: i.item.and_then(|it| it.id),
+                previous_item_id: i.previous_item_id,
+            })
+        }
+        "conversation.item.input_audio_transcription.text" => {
+            serde_json::from_value(v).map(EventKind::Partial)
+        }
+        "conversation.item.input_audio_transcription.completed" => {
+            serde_json::from_value(v).map(EventKind::Completed)
+        }
+        "conversation.item.input_audio_transcription.failed" => {
+            serde_json::from_value(v).map(EventKind::Failed)
+        }
+        "session.finished" => Ok(EventKind::SessionFinished),
+        "error" => serde_json::from_value::<WithError>(v).map(|w| EventKind::Error(w.error)),
+        _ => return EventKind::Unknown { event_type },
+    };
+    typed.unwrap_or_else(|e| EventKind::Malformed {
+        reason: format!("{event_type}: {e}"),
+    })
+}
+
+// ---- client events on the wire -------------------------------------------------------------
+
+/// A fresh `event_id` as both official SDKs make them: `event_` + 32 lowercase hex digits.
+pub fn new_event_id() -> String {
+    let mut s = String::with_capacity(38);
+    s.push_str("event_");
+    push_random_hex(&mut s, 32);
+    s
+}
+
+/// Appends `digits` random lowercase hex digits. The randomness comes from std's per-process
+/// random SipHash keys mixed with a counter: unique ids, no extra dependency.
+pub(crate) fn push_random_hex(s: &mut String, digits: usize) {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut left = digits;
+    while left > 0 {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        let n = left.min(16);
+        let _ = write!(s, "{:016x}", h.finish());
+        s.truncate(s.len() - (16 - n));
+        left -= n;
+    }
+}
+
+/// `{"event_id":…,"type":…}` for the events that carry nothing else (commit, finish).
+pub(crate) fn simple_client_event(event_type: &str) -> String {
+    let mut s = String::with_capacity(80);
+    s.push_str("{\"event_id\":\"");
+    s.push_str(&new_event_id());
+    s.push_str("\",\"type\":\"");
+    s.push_str(event_type);
+    s.push_str("\"}");
+    s
+}
+
+/// `input_audio_buffer.commit`.
+pub fn commit_json() -> String {
+    simple_client_event("input_audio_buffer.commit")
+}
+
+/// `session.finish`.
+pub fn finish_json() -> String {
+    simple_client_event("session.finish")
+}
+
+/// The bytes an append frame adds around its base64 payload; used to split audio so that no
+/// frame exceeds the gateway's cap.
+pub(crate) const APPEND_OVERHEAD_BYTES: usize =
+    r#"{"event_id":"event_00000000000000000000000000000000","type":"input_audio_buffer.append","audio":""}"#
+        .len();
+
+/// Writes an `input_audio_buffer.append` frame with the base64 of `pcm` into `out`, reusing its
+/// allocation. Written by hand rather than through a JSON tree: this is the hot path.
+pub fn write_append_json(out: &mut String, pcm: &[u8]) {
+    out.clear();
+    out.reserve(APPEND_OVERHEAD_BYTES + pcm.len().div_ceil(3) * 4);
+    out.push_str("{\"event_id\":\"");
+    out.push_str("event_");
+    push_random_hex(out, 32);
+    out.push_str("\",\"type\":\"input_audio_buffer.append\",\"audio\":\"");
+    base64::Engine::encode_string(&base64::engine::general_purpose::STANDARD, pcm, out);
+    out.push_str("\"}");
+}
+
+/// Like [`write_append_json`] for audio that is already base64 (checked by the caller).
+pub(crate) fn write_append_json_b64(out: &mut String, b64: &str) {
+    out.clear();
+    out.reserve(APPEND_OVERHEAD_BYTES + b64.len());
+    out.push_str("{\"event_id\":\"");
+    out.push_str("event_");
+    push_random_hex(out, 32);
+    out.push_str("\",\"type\":\"input_audio_buffer.append\",\"audio\":\"");
+    out.push_str(b64);
+    out.push_str("\"}");
+}

@@ -1,0 +1,12 @@
+//! A blocking, thread-based client for Alibaba Cloud's Qwen-ASR-Realtime speech recognition
+//! service (`qwen3-asr-flash-realtime`), for embedded Linux. See the README for an overview.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod event;
+
+#[cfg(feature = "emulator")]
+pub mod emulator;
+
+pub use error::{Error, Phase, Result, TryAppendError};
+pub use event::{Completed, Event, EventKind, Failed, Partial, ServerError, Session, Usage};
