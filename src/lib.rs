@@ -5,6 +5,10 @@
 pub mod error;
 pub mod event;
 
+#[cfg(feature = "alsa")]
+pub mod capture;
+pub mod resample;
+
 #[cfg(feature = "emulator")]
 pub mod emulator;
 

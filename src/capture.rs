@@ -1,0 +1,1 @@
+//! ALSA microphone capture (being written).

@@ -1,0 +1,1 @@
+//! Downmix and low-pass resampling to the session rate (being written).
