@@ -13,5 +13,6 @@ pub mod resample;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 
+pub use config::{ApiKey, AudioFormat, ConnectParams, SessionConfig, Timeouts, TurnDetection};
 pub use error::{Error, Phase, Result, TryAppendError};
 pub use event::{Completed, Event, EventKind, Failed, Partial, ServerError, Session, Usage};
