@@ -3,8 +3,11 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod conversation;
 pub mod error;
 pub mod event;
+mod io_thread;
+pub mod transport;
 
 #[cfg(feature = "alsa")]
 pub mod capture;
@@ -14,5 +17,6 @@ pub mod resample;
 pub mod emulator;
 
 pub use config::{ApiKey, AudioFormat, ConnectParams, SessionConfig, Timeouts, TurnDetection};
+pub use conversation::{AudioSender, Conversation};
 pub use error::{Error, Phase, Result, TryAppendError};
 pub use event::{Completed, Event, EventKind, Failed, Partial, ServerError, Session, Usage};

@@ -1,0 +1,619 @@
+//! The conversation: the public handle (the SDKs' `OmniRealtimeConversation`), the
+//! cloneable [`AudioSender`] that feeds it, and the command queue between them and the I/O
+//! thread.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+
+use crate::config::{ApiKey, AudioFormat, ConnectParams, SessionConfig};
+use crate::error::{Error, Phase, Result, TryAppendError};
+use crate::event::{self, Event, EventKind, Session, APPEND_OVERHEAD_BYTES};
+use crate::io_thread::IoThread;
+use crate::transport;
+
+pub(crate) type Reply<T> = Sender<Result<T>>;
+
+/// What the handles ask of the I/O thread, in order.
+pub(crate) enum Command {
+    /// A client event to send as is; `audio_bytes` is the audio it carries (0 for commit).
+    Frame { text: String, audio_bytes: u64 },
+    /// `session.update`, optionally answered by `session.updated` or `error`.
+    Update {
+        text: String,
+        reply: Option<Reply<Session>>,
+    },
+    /// `session.finish`, optionally answered by `session.finished` or `error`.
+    Finish { text: String, reply: Option<Reply<()>> },
+    /// A client event (capture, for example) to deliver in order with the others.
+    Notify(Event),
+    /// Close the connection with this code.
+    Close { code: u16, reason: String },
+}
+
+impl Command {
+    pub(crate) fn audio_bytes(&self) -> u64 {
+        match self {
+            Command::Frame { audio_bytes, .. } => *audio_bytes,
+            _ => 0,
+        }
+    }
+
+    /// Answers a waiting caller when the command will never be sent.
+    pub(crate) fn fail(self) {
+        match self {
+            Command::Update { reply: Some(r), .. } => {
+                let _ = r.send(Err(Error::Closed));
+            }
+            Command::Finish { reply: Some(r), .. } => {
+                let _ = r.send(Err(Error::Closed));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// State shared by the handles and the I/O thread.
+pub(crate) struct Shared {
+    commands: Sender<Command>,
+    wake: UnixStream,
+    /// Set by a sender that wrote the wake-up byte, cleared by the I/O thread before it drains
+    /// the queue: one wake-up write per batch instead of one per append.
+    pub wake_pending: AtomicBool,
+    /// No more commands are taken (set by the I/O thread on its way out).
+    pub closed: AtomicBool,
+    /// Senders between their `closed` check and the end of their send; the I/O thread waits
+    /// for zero before counting what is left in the queue, so no audio is lost uncounted.
+    pub senders_in_flight: AtomicUsize,
+    session_id: Mutex<Option<String>>,
+    peer_close: Mutex<Option<(u16, String)>>,
+    manual: AtomicBool,
+    sample_rate: AtomicU32,
+    pcm: AtomicBool,
+    appended_since_commit: AtomicU64,
+    max_frame_bytes: usize,
+    /// Held while one append's frames are queued, so two threads' audio never interleaves.
+    append_lock: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding one of these small locks leaves valid data behind.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn set_session_id(&self, id: &str) {
+        *lock(&self.session_id) = Some(id.to_owned());
+    }
+
+    pub(crate) fn set_peer_close(&self, code: u16, reason: &str) {
+        *lock(&self.peer_close) = Some((code, reason.to_owned()));
+    }
+
+    pub(crate) fn peer_close(&self) -> Option<(u16, String)> {
+        lock(&self.peer_close).clone()
+    }
+
+    /// Milliseconds of PCM audio in `bytes` at the session's rate (0 for Opus, whose duration
+    /// cannot be known from its size).
+    pub(crate) fn bytes_to_ms(&self, bytes: u64) -> u64 {
+        if !self.pcm.load(Ordering::Relaxed) {
+            return 0;
+        }
+        bytes * 1000 / (2 * u64::from(self.sample_rate.load(Ordering::Relaxed)))
+    }
+
+    /// Runs `send` unless the conversation is closed, tracking it as in flight (see
+    /// `senders_in_flight`).
+    fn guarded<T, E: From<Error>>(&self, send: impl FnOnce(&Sender<Command>) -> Result<T, E>) -> Result<T, E> {
+        self.senders_in_flight.fetch_add(1, Ordering::SeqCst);
+        let r = if self.closed.load(Ordering::SeqCst) {
+            Err(Error::Closed.into())
+        } else {
+            send(&self.commands)
+        };
+        self.senders_in_flight.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+
+    fn wake(&self) {
+        if !self.wake_pending.swap(true, Ordering::SeqCst) {
+            // WouldBlock means the I/O thread has wake-ups pending already.
+            let _ = (&self.wake).write(&[1]);
+        }
+    }
+
+    fn enqueue(&self, cmd: Command) -> Result<()> {
+        self.guarded(|tx| tx.send(cmd).map_err(|_| Error::Closed))?;
+        self.wake();
+        Ok(())
+    }
+
+    /// The largest whole number of samples whose base64 fits in one frame, in bytes. A
+    /// multiple of 6 so that each frame's base64 has no padding and starts on a sample.
+    fn max_pcm_bytes_per_frame(&self) -> usize {
+        ((self.max_frame_bytes - APPEND_OVERHEAD_BYTES) / 4 * 3) / 6 * 6
+    }
+
+    fn check_audio_len(&self, bytes: usize) -> Result<()> {
+        if self.pcm.load(Ordering::Relaxed) && bytes % 2 != 0 {
+            return Err(Error::InvalidAudio(format!(
+                "{bytes} bytes is not a whole number of 16-bit samples (PCM is s16le mono)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues `bytes` as one or more append frames, never interleaved with another append.
+    /// Blocking: waits for room. Non-blocking: takes all of it or nothing.
+    fn append(&self, bytes: &[u8], blocking: bool) -> Result<(), TryAppendError> {
+        self.check_audio_len(bytes.len())?;
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let pieces = bytes.chunks(self.max_pcm_bytes_per_frame());
+        self.queue_frames(pieces.len(), blocking, pieces.map(|p| {
+            let mut text = String::new();
+            event::write_append_json(&mut text, p);
+            (text, p.len() as u64)
+        }))?;
+        self.appended_since_commit.fetch_add(bytes.len() as u64, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn append_base64(&self, b64: &str, blocking: bool) -> Result<(), TryAppendError> {
+        let decoded = base64_decoded_len(b64)?;
+        self.check_audio_len(decoded)?;
+        if decoded == 0 {
+            return Ok(());
+        }
+        // Whole 8-character groups are whole 6-byte groups: frames split there decode to the
+        // same bytes, and each holds whole samples.
+        let max_chars = (self.max_frame_bytes - APPEND_OVERHEAD_BYTES) / 8 * 8;
+        let pieces = b64.as_bytes().chunks(max_chars);
+        self.queue_frames(pieces.len(), blocking, pieces.map(|p| {
+            // Checked as ASCII base64 above, so any split is valid UTF-8.
+            let p = std::str::from_utf8(p).unwrap_or_default();
+            let mut text = String::new();
+            event::write_append_json_b64(&mut text, p);
+            (text, (p.len() / 4 * 3) as u64)
+        }))?;
+        self.appended_since_commit.fetch_add(decoded as u64, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn queue_frames(
+        &self,
+        count: usize,
+        blocking: bool,
+        frames: impl Iterator<Item = (String, u64)>,
+    ) -> Result<(), TryAppendError> {
+        let _order = (count > 1).then(|| lock(&self.append_lock));
+        self.guarded(|tx| {
+            if !blocking {
+                // Only the I/O thread takes from the queue, so room can only grow meanwhile.
+                let room = tx.capacity().unwrap_or(usize::MAX) - tx.len();
+                if room < count {
+                    return Err(TryAppendError::Full);
+                }
+            }
+            for (text, audio_bytes) in frames {
+                let cmd = Command::Frame { text, audio_bytes };
+                let sent = if blocking {
+                    tx.send(cmd).map_err(|_| Error::Closed)
+                } else {
+                    tx.try_send(cmd).map_err(|e| match e {
+                        TrySendError::Full(_) => Error::Internal("queue shrank".into()),
+                        TrySendError::Disconnected(_) => Error::Closed,
+                    })
+                };
+                sent?;
+            }
+            Ok(())
+        })?;
+        self.wake();
+        Ok(())
+    }
+}
+
+/// The decoded length of standard, padded base64, checking the alphabet without decoding.
+fn base64_decoded_len(b64: &str) -> Result<usize> {
+    let b = b64.as_bytes();
+    if b.len() % 4 != 0 {
+        return Err(Error::InvalidAudio(format!(
+            "base64 length {} is not a multiple of 4",
+            b.len()
+        )));
+    }
+    let pad = b.iter().rev().take(2).take_while(|&&c| c == b'=').count();
+    let body = &b[..b.len() - pad];
+    if let Some(i) = body
+        .iter()
+        .position(|&c| !(c.is_ascii_alphanumeric() || c == b'+' || c == b'/'))
+    {
+        return Err(Error::InvalidAudio(format!(
+            "byte {i} of the base64 is not in the standard alphabet"
+        )));
+    }
+    Ok(b.len() / 4 * 3 - pad)
+}
+
+/// Runs `f` on the samples as s16le bytes: the samples' own memory on little-endian targets
+/// (every Pi), a converted copy elsewhere.
+fn with_le_bytes<R>(samples: &[i16], f: impl FnOnce(&[u8]) -> R) -> R {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: i16 has no padding and u8 has alignment 1; on a little-endian target the
+        // in-memory bytes are exactly the wire's s16le, and the slice borrows `samples`.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(samples.as_ptr().cast::<u8>(), samples.len() * 2) };
+        f(bytes)
+    }
+    #[cfg(target_endian = "big")]
+    {
+        let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        f(&bytes)
+    }
+}
+
+/// A cheap, cloneable handle that feeds audio (and client events) into one conversation,
+/// for example from a capture thread. It never touches the network itself.
+#[derive(Clone)]
+pub struct AudioSender {
+    shared: Arc<Shared>,
+}
+
+impl AudioSender {
+    /// Queues 16-bit PCM samples, waiting while the outgoing queue is full.
+    pub fn append_pcm(&self, samples: &[i16]) -> Result<()> {
+        with_le_bytes(samples, |b| self.shared.append(b, true)).map_err(into_error)
+    }
+
+    /// Queues 16-bit PCM samples if the queue has room for all of them; on
+    /// [`TryAppendError::Full`] nothing was taken.
+    pub fn try_append_pcm(&self, samples: &[i16]) -> Result<(), TryAppendError> {
+        with_le_bytes(samples, |b| self.shared.append(b, false))
+    }
+
+    /// Delivers a client event into the conversation's event stream, in order with the rest.
+    pub fn notify(&self, kind: EventKind) -> Result<()> {
+        self.shared.enqueue(Command::Notify(Event::client(kind)))
+    }
+
+    /// The session's sample rate (16000 or 8000), as last configured.
+    pub fn sample_rate(&self) -> u32 {
+        self.shared.sample_rate.load(Ordering::Relaxed)
+    }
+
+    /// True once the conversation no longer takes audio.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+}
+
+fn into_error(e: TryAppendError) -> Error {
+    match e {
+        TryAppendError::Other(e) => e,
+        // Blocking appends wait instead of reporting Full.
+        TryAppendError::Full => Error::Internal("queue full on a blocking append".into()),
+    }
+}
+
+/// One conversation with the service: a WebSocket, its I/O thread, and the event stream.
+///
+/// ```no_run
+/// use qwen_asr_realtime::{Conversation, ConnectParams, SessionConfig, EventKind};
+/// # fn main() -> qwen_asr_realtime::Result<()> {
+/// let conv = Conversation::start(ConnectParams::new(), &SessionConfig::vad())?;
+/// conv.append_pcm(&[0i16; 1600])?; // 100 ms of silence at 16 kHz
+/// conv.end_session_async()?;
+/// for event in conv.iter() {
+///     if let EventKind::Completed(c) = &event.kind {
+///         println!("{}", c.transcript);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// Dropping it closes the connection and joins the I/O thread.
+pub struct Conversation {
+    shared: Arc<Shared>,
+    events: Receiver<Event>,
+    io: Mutex<Option<JoinHandle<()>>>,
+    params: ConnectParams,
+}
+
+impl std::fmt::Debug for Conversation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conversation")
+            .field("session_id", &self.session_id())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Conversation {
+    /// Connects and returns once `session.created` has arrived (it is also the first event
+    /// in [`events`](Self::events)), after checking that the session serves the model asked
+    /// for. The API key is `params.api_key`, else it is resolved from the environment
+    /// ([`ApiKey::from_env`]).
+    pub fn connect(params: ConnectParams) -> Result<Conversation> {
+        let key = match &params.api_key {
+            Some(k) => k.clone(),
+            None => ApiKey::from_env()?,
+        };
+        let opened = transport::open(&params, &key)?;
+        let internal = |e: std::io::Error| Error::Internal(format!("wake-up socket: {e}"));
+        let (wake_rx, wake_tx) = UnixStream::pair().map_err(internal)?;
+        wake_rx.set_nonblocking(true).map_err(internal)?;
+        wake_tx.set_nonblocking(true).map_err(internal)?;
+        let (cmd_tx, cmd_rx) = bounded(params.send_queue_frames);
+        let (ev_tx, ev_rx) = unbounded();
+        let defaults = SessionConfig::default();
+        let shared = Arc::new(Shared {
+            commands: cmd_tx,
+            wake: wake_tx,
+            wake_pending: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            senders_in_flight: AtomicUsize::new(0),
+            session_id: Mutex::new(None),
+            peer_close: Mutex::new(None),
+            manual: AtomicBool::new(defaults.is_manual()),
+            sample_rate: AtomicU32::new(defaults.sample_rate),
+            pcm: AtomicBool::new(true),
+            appended_since_commit: AtomicU64::new(0),
+            max_frame_bytes: params.max_frame_bytes,
+            append_lock: Mutex::new(()),
+        });
+        if let EventKind::SessionCreated(s) = &opened.created.kind {
+            if let Some(id) = &s.id {
+                shared.set_session_id(id);
+            }
+        }
+        // Cannot fail: we hold the receiver.
+        let _ = ev_tx.send(opened.created);
+        let io = IoThread {
+            socket: opened.socket,
+            tcp: opened.tcp,
+            wake: wake_rx,
+            commands: cmd_rx,
+            events: ev_tx,
+            shared: Arc::clone(&shared),
+            event_capacity: params.event_capacity,
+        };
+        let handle = std::thread::Builder::new()
+            .name("qwen-asr-io".into())
+            .spawn(move || io.run())
+            .map_err(|e| Error::Internal(format!("cannot start the I/O thread: {e}")))?;
+        Ok(Conversation {
+            shared,
+            events: ev_rx,
+            io: Mutex::new(Some(handle)),
+            params,
+        })
+    }
+
+    /// [`connect`](Self::connect), then [`update_session`](Self::update_session): a
+    /// conversation ready for audio.
+    pub fn start(params: ConnectParams, config: &SessionConfig) -> Result<Conversation> {
+        config.validate()?;
+        let conv = Self::connect(params)?;
+        conv.update_session(config)?;
+        Ok(conv)
+    }
+
+    fn apply_config(&self, config: &SessionConfig) {
+        self.shared.manual.store(config.is_manual(), Ordering::SeqCst);
+        self.shared.sample_rate.store(config.sample_rate, Ordering::Relaxed);
+        self.shared
+            .pcm
+            .store(config.input_audio_format == AudioFormat::Pcm, Ordering::Relaxed);
+    }
+
+    /// Sends `session.update` and waits for `session.updated` (returned) or an `error`
+    /// ([`Error::Server`]). Values are checked first; a bad one is refused before anything is
+    /// sent. Send it before the first audio: the gateway closes the socket on a late update.
+    pub fn update_session(&self, config: &SessionConfig) -> Result<Session> {
+        config.validate()?;
+        let (tx, rx) = bounded(1);
+        let text = config.to_update_json(&event::new_event_id());
+        self.shared.enqueue(Command::Update {
+            text,
+            reply: Some(tx),
+        })?;
+        let limit = self.params.timeouts.session_updated;
+        let session = self.wait_reply(rx, limit, Phase::SessionUpdated)?;
+        self.apply_config(config);
+        Ok(session)
+    }
+
+    /// Sends `session.update` without waiting for the reply (the SDKs' behaviour). Audio sent
+    /// before `session.updated` arrives may be taken with the old settings.
+    pub fn update_session_async(&self, config: &SessionConfig) -> Result<()> {
+        config.validate()?;
+        let text = config.to_update_json(&event::new_event_id());
+        self.shared.enqueue(Command::Update { text, reply: None })?;
+        self.apply_config(config);
+        Ok(())
+    }
+
+    fn wait_reply<T>(&self, rx: Receiver<Result<T>>, limit: Duration, phase: Phase) -> Result<T> {
+        match rx.recv_timeout(limit) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout { phase, after: limit }),
+            Err(RecvTimeoutError::Disconnected) => Err(self.closed_reason()),
+        }
+    }
+
+    fn closed_reason(&self) -> Error {
+        match self.shared.peer_close() {
+            Some((code, reason)) => Error::ConnectionClosed { code, reason },
+            None => Error::Closed,
+        }
+    }
+
+    /// Queues 16-bit mono PCM samples, waiting only while the bounded outgoing queue is full.
+    /// Long buffers are split so that no frame exceeds `max_frame_bytes`.
+    pub fn append_pcm(&self, samples: &[i16]) -> Result<()> {
+        self.audio_sender().append_pcm(samples)
+    }
+
+    /// Queues raw audio bytes (s16le for PCM; an odd length is refused).
+    pub fn append_bytes(&self, bytes: &[u8]) -> Result<()> {
+        self.shared.append(bytes, true).map_err(into_error)
+    }
+
+    /// Queues audio that is already standard padded base64 (checked, not decoded).
+    pub fn append_base64(&self, b64: &str) -> Result<()> {
+        self.shared.append_base64(b64, true).map_err(into_error)
+    }
+
+    /// Like [`append_pcm`](Self::append_pcm) but never waits: on
+    /// [`TryAppendError::Full`] nothing was taken.
+    pub fn try_append_pcm(&self, samples: &[i16]) -> Result<(), TryAppendError> {
+        self.audio_sender().try_append_pcm(samples)
+    }
+
+    /// Commits the audio appended since the last commit as one utterance (manual mode only).
+    pub fn commit(&self) -> Result<()> {
+        if !self.shared.manual.load(Ordering::SeqCst) {
+            return Err(Error::CommitInVadMode);
+        }
+        if self.shared.appended_since_commit.load(Ordering::SeqCst) == 0 {
+            return Err(Error::EmptyCommit);
+        }
+        self.shared.enqueue(Command::Frame {
+            text: event::commit_json(),
+            audio_bytes: 0,
+        })?;
+        self.shared.appended_since_commit.store(0, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Sends `session.finish` and waits for `session.finished`; every event before it has been
+    /// delivered by then. Returns early with an error if an `error` event arrives or the
+    /// connection closes first, or [`Error::Timeout`] after `timeout`. Then closes the
+    /// connection (code 1000; 1011 after a timeout, as the Java SDK does) and joins the I/O
+    /// thread. The events, ending with `client.closed`, stay readable.
+    pub fn end_session(&self, timeout: Duration) -> Result<()> {
+        let (tx, rx) = bounded(1);
+        self.shared.enqueue(Command::Finish {
+            text: event::finish_json(),
+            reply: Some(tx),
+        })?;
+        let result = self.wait_reply(rx, timeout, Phase::EndSession);
+        match &result {
+            Err(Error::Timeout { .. }) => {
+                self.close_with(1011, format!("session.finished not received within {timeout:?}"))
+            }
+            _ => self.close_with(1000, "bye".into()),
+        }
+        result
+    }
+
+    /// [`end_session`](Self::end_session) with the default timeout from
+    /// [`Timeouts::end_session`](crate::Timeouts).
+    pub fn end_session_default(&self) -> Result<()> {
+        self.end_session(self.params.timeouts.end_session)
+    }
+
+    /// Sends `session.finish` and returns; `session.finished` arrives as an event, after which
+    /// [`close`](Self::close).
+    pub fn end_session_async(&self) -> Result<()> {
+        self.shared.enqueue(Command::Finish {
+            text: event::finish_json(),
+            reply: None,
+        })
+    }
+
+    /// Closes the connection (code 1000) and joins the I/O thread. Audio still queued is
+    /// reported as `client.audio_dropped`. Closing twice is fine.
+    pub fn close(&self) {
+        self.close_with(1000, "bye".into());
+    }
+
+    fn close_with(&self, code: u16, reason: String) {
+        // Fails only if the I/O thread is already on its way out.
+        let _ = self.shared.enqueue(Command::Close { code, reason });
+        if let Some(handle) = lock(&self.io).take() {
+            if handle.join().is_err() {
+                log::error!("the I/O thread panicked");
+            }
+        }
+    }
+
+    /// True once the connection is closed (by either side).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// The session id from `session.created` (`sess_…`).
+    pub fn session_id(&self) -> Option<String> {
+        lock(&self.shared.session_id).clone()
+    }
+
+    /// Always `None`: responses are an Omni concept; ASR sessions have none (as in the SDKs).
+    pub fn response_id(&self) -> Option<String> {
+        None
+    }
+
+    /// A handle that feeds audio into this conversation from another thread.
+    pub fn audio_sender(&self) -> AudioSender {
+        AudioSender {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// The event stream. Receivers are cheap clones; each event goes to one of them. The
+    /// stream ends (disconnects) after `client.closed`.
+    pub fn events(&self) -> Receiver<Event> {
+        self.events.clone()
+    }
+
+    /// The next event, waiting for it; `None` once the stream has ended.
+    pub fn recv(&self) -> Option<Event> {
+        self.events.recv().ok()
+    }
+
+    /// The next event, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> std::result::Result<Event, RecvTimeoutError> {
+        self.events.recv_timeout(timeout)
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&self) -> std::result::Result<Event, TryRecvError> {
+        self.events.try_recv()
+    }
+
+    /// Iterates over events until the stream ends (after `client.closed`).
+    pub fn iter(&self) -> crossbeam_channel::Iter<'_, Event> {
+        self.events.iter()
+    }
+}
+
+impl Drop for Conversation {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_is_checked_without_decoding() {
+        assert_eq!(base64_decoded_len("").unwrap(), 0);
+        assert_eq!(base64_decoded_len("AAAA").unwrap(), 3);
+        assert_eq!(base64_decoded_len("AAA=").unwrap(), 2);
+        assert_eq!(base64_decoded_len("AA==").unwrap(), 1);
+        assert!(base64_decoded_len("AAA").is_err());
+        assert!(base64_decoded_len("AA-A").is_err());
+        assert!(base64_decoded_len("A=AA").is_err());
+    }
+}
