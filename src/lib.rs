@@ -2,12 +2,14 @@
 //! service (`qwen3-asr-flash-realtime`), for embedded Linux. See the README for an overview.
 #![warn(missing_docs)]
 
+pub mod callback;
 pub mod config;
 pub mod conversation;
 pub mod error;
 pub mod event;
 mod io_thread;
 pub mod transport;
+pub mod wav;
 
 #[cfg(feature = "alsa")]
 pub mod capture;
@@ -16,6 +18,7 @@ pub mod resample;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 
+pub use callback::{Callback, CallbackThread};
 pub use config::{ApiKey, AudioFormat, ConnectParams, SessionConfig, Timeouts, TurnDetection};
 pub use conversation::{AudioSender, Conversation};
 pub use error::{Error, Phase, Result, TryAppendError};
