@@ -33,8 +33,8 @@ pub const GATEWAY_MAX_FRAME_BYTES: usize = 262_144;
 /// The language codes the service accepts for `input_audio_transcription.language`
 /// (protocol.md §4.3, 27 codes). Omitting the language means automatic detection.
 pub const LANGUAGES: [&str; 27] = [
-    "zh", "yue", "en", "ja", "de", "ko", "ru", "fr", "pt", "ar", "it", "es", "hi", "id", "th", "tr",
-    "uk", "vi", "cs", "da", "fil", "fi", "is", "ms", "no", "pl", "sv",
+    "zh", "yue", "en", "ja", "de", "ko", "ru", "fr", "pt", "ar", "it", "es", "hi", "id", "th",
+    "tr", "uk", "vi", "cs", "da", "fil", "fi", "is", "ms", "no", "pl", "sv",
 ];
 
 /// The workspace-scoped host for a region: `wss://{id}.{region}.maas.aliyuncs.com/…`
@@ -392,7 +392,9 @@ impl SessionConfig {
 
     /// Sets the VAD threshold (switches to VAD mode).
     pub fn threshold(mut self, threshold: f64) -> Self {
-        self.turn_detection.get_or_insert_with(Default::default).threshold = threshold;
+        self.turn_detection
+            .get_or_insert_with(Default::default)
+            .threshold = threshold;
         self
     }
 
@@ -429,7 +431,10 @@ impl SessionConfig {
         if !matches!(self.sample_rate, 8000 | 16000) {
             return Err(Error::InvalidConfig {
                 field: "sample_rate",
-                message: format!("{} Hz is not supported; use 16000 or 8000", self.sample_rate),
+                message: format!(
+                    "{} Hz is not supported; use 16000 or 8000",
+                    self.sample_rate
+                ),
             });
         }
         if let Some(lang) = &self.language {
@@ -553,18 +558,44 @@ mod tests {
     #[test]
     fn default_threshold_serialises_as_in_the_sdk() {
         let json = SessionConfig::vad().to_update_json("e");
-        assert!(json.contains(r#""threshold":0.2,"prefix_padding_ms":300,"silence_duration_ms":800"#));
+        assert!(
+            json.contains(r#""threshold":0.2,"prefix_padding_ms":300,"silence_duration_ms":800"#)
+        );
     }
 
     #[test]
     fn out_of_range_values_name_the_field_and_range() {
         let cases: [(SessionConfig, &str, &str); 6] = [
-            (SessionConfig::vad().threshold(1.5), "turn_detection.threshold", "[-1.0, 1.0]"),
-            (SessionConfig::vad().threshold(f64::NAN), "turn_detection.threshold", "[-1.0, 1.0]"),
-            (SessionConfig::vad().silence_duration_ms(199), "turn_detection.silence_duration_ms", "[200, 6000]"),
-            (SessionConfig::vad().silence_duration_ms(6001), "turn_detection.silence_duration_ms", "[200, 6000]"),
-            (SessionConfig::vad().sample_rate(44100), "sample_rate", "16000 or 8000"),
-            (SessionConfig::vad().language("auto"), "input_audio_transcription.language", "zh, yue, en"),
+            (
+                SessionConfig::vad().threshold(1.5),
+                "turn_detection.threshold",
+                "[-1.0, 1.0]",
+            ),
+            (
+                SessionConfig::vad().threshold(f64::NAN),
+                "turn_detection.threshold",
+                "[-1.0, 1.0]",
+            ),
+            (
+                SessionConfig::vad().silence_duration_ms(199),
+                "turn_detection.silence_duration_ms",
+                "[200, 6000]",
+            ),
+            (
+                SessionConfig::vad().silence_duration_ms(6001),
+                "turn_detection.silence_duration_ms",
+                "[200, 6000]",
+            ),
+            (
+                SessionConfig::vad().sample_rate(44100),
+                "sample_rate",
+                "16000 or 8000",
+            ),
+            (
+                SessionConfig::vad().language("auto"),
+                "input_audio_transcription.language",
+                "zh, yue, en",
+            ),
         ];
         for (cfg, want_field, want_text) in cases {
             match cfg.validate() {
@@ -577,8 +608,12 @@ mod tests {
             }
         }
         for ok in [
-            SessionConfig::vad().threshold(-1.0).silence_duration_ms(200),
-            SessionConfig::vad().threshold(1.0).silence_duration_ms(6000),
+            SessionConfig::vad()
+                .threshold(-1.0)
+                .silence_duration_ms(200),
+            SessionConfig::vad()
+                .threshold(1.0)
+                .silence_duration_ms(6000),
             SessionConfig::manual().sample_rate(8000).language("fil"),
         ] {
             ok.validate().unwrap();
@@ -588,7 +623,10 @@ mod tests {
     #[test]
     fn model_is_appended_to_the_url_unless_present() {
         let p = ConnectParams::new();
-        assert_eq!(p.request_url(), format!("{BEIJING_URL}?model=qwen3-asr-flash-realtime"));
+        assert_eq!(
+            p.request_url(),
+            format!("{BEIJING_URL}?model=qwen3-asr-flash-realtime")
+        );
         let p = ConnectParams::new().url("wss://h/x?model=m2").model("m1");
         assert_eq!(p.request_url(), "wss://h/x?model=m2");
         let p = ConnectParams::new().url("wss://h/x?a=1").model("m1");
@@ -617,9 +655,30 @@ mod tests {
             }
         };
         let got = |r: Result<ApiKey>| r.map(|k| k.expose().to_owned()).ok();
-        assert_eq!(got(ApiKey::resolve_with(env(Some("from-env"), Some(&file_s)), Some(&dir))).as_deref(), Some("from-env"));
-        assert_eq!(got(ApiKey::resolve_with(env(Some(""), Some(&file_s)), Some(&dir))).as_deref(), Some("from-file"));
-        assert_eq!(got(ApiKey::resolve_with(env(None, Some("/nonexistent")), Some(&dir))).as_deref(), Some("from-home"));
+        assert_eq!(
+            got(ApiKey::resolve_with(
+                env(Some("from-env"), Some(&file_s)),
+                Some(&dir)
+            ))
+            .as_deref(),
+            Some("from-env")
+        );
+        assert_eq!(
+            got(ApiKey::resolve_with(
+                env(Some(""), Some(&file_s)),
+                Some(&dir)
+            ))
+            .as_deref(),
+            Some("from-file")
+        );
+        assert_eq!(
+            got(ApiKey::resolve_with(
+                env(None, Some("/nonexistent")),
+                Some(&dir)
+            ))
+            .as_deref(),
+            Some("from-home")
+        );
         let none = ApiKey::resolve_with(env(None, None), Some(Path::new("/nonexistent")));
         let msg = none.unwrap_err().to_string();
         assert!(msg.contains("DASHSCOPE_API_KEY"), "{msg}");

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{
+    bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError,
+};
 
 use crate::config::{ApiKey, AudioFormat, ConnectParams, SessionConfig};
 use crate::error::{Error, Phase, Result, TryAppendError};
@@ -26,10 +28,15 @@ pub(crate) enum Command {
     /// `session.update`, optionally answered by `session.updated` or `error`.
     Update {
         text: String,
+        event_id: String,
         reply: Option<Reply<Session>>,
     },
     /// `session.finish`, optionally answered by `session.finished` or `error`.
-    Finish { text: String, reply: Option<Reply<()>> },
+    Finish {
+        text: String,
+        event_id: String,
+        reply: Option<Reply<()>>,
+    },
     /// A client event (capture, for example) to deliver in order with the others.
     Notify(Event),
     /// Close the connection with this code.
@@ -110,7 +117,10 @@ impl Shared {
 
     /// Runs `send` unless the conversation is closed, tracking it as in flight (see
     /// `senders_in_flight`).
-    fn guarded<T, E: From<Error>>(&self, send: impl FnOnce(&Sender<Command>) -> Result<T, E>) -> Result<T, E> {
+    fn guarded<T, E: From<Error>>(
+        &self,
+        send: impl FnOnce(&Sender<Command>) -> Result<T, E>,
+    ) -> Result<T, E> {
         self.senders_in_flight.fetch_add(1, Ordering::SeqCst);
         let r = if self.closed.load(Ordering::SeqCst) {
             Err(Error::Closed.into())
@@ -157,12 +167,17 @@ impl Shared {
             return Ok(());
         }
         let pieces = bytes.chunks(self.max_pcm_bytes_per_frame());
-        self.queue_frames(pieces.len(), blocking, pieces.map(|p| {
-            let mut text = String::new();
-            event::write_append_json(&mut text, p);
-            (text, p.len() as u64)
-        }))?;
-        self.appended_since_commit.fetch_add(bytes.len() as u64, Ordering::SeqCst);
+        self.queue_frames(
+            pieces.len(),
+            blocking,
+            pieces.map(|p| {
+                let mut text = String::new();
+                event::write_append_json(&mut text, p);
+                (text, p.len() as u64)
+            }),
+        )?;
+        self.appended_since_commit
+            .fetch_add(bytes.len() as u64, Ordering::SeqCst);
         Ok(())
     }
 
@@ -176,14 +191,19 @@ impl Shared {
         // same bytes, and each holds whole samples.
         let max_chars = (self.max_frame_bytes - APPEND_OVERHEAD_BYTES) / 8 * 8;
         let pieces = b64.as_bytes().chunks(max_chars);
-        self.queue_frames(pieces.len(), blocking, pieces.map(|p| {
-            // Checked as ASCII base64 above, so any split is valid UTF-8.
-            let p = std::str::from_utf8(p).unwrap_or_default();
-            let mut text = String::new();
-            event::write_append_json_b64(&mut text, p);
-            (text, (p.len() / 4 * 3) as u64)
-        }))?;
-        self.appended_since_commit.fetch_add(decoded as u64, Ordering::SeqCst);
+        self.queue_frames(
+            pieces.len(),
+            blocking,
+            pieces.map(|p| {
+                // Checked as ASCII base64 above, so any split is valid UTF-8.
+                let p = std::str::from_utf8(p).unwrap_or_default();
+                let mut text = String::new();
+                event::write_append_json_b64(&mut text, p);
+                (text, (p.len() / 4 * 3) as u64)
+            }),
+        )?;
+        self.appended_since_commit
+            .fetch_add(decoded as u64, Ordering::SeqCst);
         Ok(())
     }
 
@@ -408,11 +428,16 @@ impl Conversation {
     }
 
     fn apply_config(&self, config: &SessionConfig) {
-        self.shared.manual.store(config.is_manual(), Ordering::SeqCst);
-        self.shared.sample_rate.store(config.sample_rate, Ordering::Relaxed);
         self.shared
-            .pcm
-            .store(config.input_audio_format == AudioFormat::Pcm, Ordering::Relaxed);
+            .manual
+            .store(config.is_manual(), Ordering::SeqCst);
+        self.shared
+            .sample_rate
+            .store(config.sample_rate, Ordering::Relaxed);
+        self.shared.pcm.store(
+            config.input_audio_format == AudioFormat::Pcm,
+            Ordering::Relaxed,
+        );
     }
 
     /// Sends `session.update` and waits for `session.updated` (returned) or an `error`
@@ -421,9 +446,11 @@ impl Conversation {
     pub fn update_session(&self, config: &SessionConfig) -> Result<Session> {
         config.validate()?;
         let (tx, rx) = bounded(1);
-        let text = config.to_update_json(&event::new_event_id());
+        let event_id = event::new_event_id();
+        let text = config.to_update_json(&event_id);
         self.shared.enqueue(Command::Update {
             text,
+            event_id,
             reply: Some(tx),
         })?;
         let limit = self.params.timeouts.session_updated;
@@ -436,8 +463,13 @@ impl Conversation {
     /// before `session.updated` arrives may be taken with the old settings.
     pub fn update_session_async(&self, config: &SessionConfig) -> Result<()> {
         config.validate()?;
-        let text = config.to_update_json(&event::new_event_id());
-        self.shared.enqueue(Command::Update { text, reply: None })?;
+        let event_id = event::new_event_id();
+        let text = config.to_update_json(&event_id);
+        self.shared.enqueue(Command::Update {
+            text,
+            event_id,
+            reply: None,
+        })?;
         self.apply_config(config);
         Ok(())
     }
@@ -445,7 +477,10 @@ impl Conversation {
     fn wait_reply<T>(&self, rx: Receiver<Result<T>>, limit: Duration, phase: Phase) -> Result<T> {
         match rx.recv_timeout(limit) {
             Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout { phase, after: limit }),
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout {
+                phase,
+                after: limit,
+            }),
             Err(RecvTimeoutError::Disconnected) => Err(self.closed_reason()),
         }
     }
@@ -488,7 +523,7 @@ impl Conversation {
             return Err(Error::EmptyCommit);
         }
         self.shared.enqueue(Command::Frame {
-            text: event::commit_json(),
+            text: event::commit_json().0,
             audio_bytes: 0,
         })?;
         self.shared.appended_since_commit.store(0, Ordering::SeqCst);
@@ -502,15 +537,18 @@ impl Conversation {
     /// thread. The events, ending with `client.closed`, stay readable.
     pub fn end_session(&self, timeout: Duration) -> Result<()> {
         let (tx, rx) = bounded(1);
+        let (text, event_id) = event::finish_json();
         self.shared.enqueue(Command::Finish {
-            text: event::finish_json(),
+            text,
+            event_id,
             reply: Some(tx),
         })?;
         let result = self.wait_reply(rx, timeout, Phase::EndSession);
         match &result {
-            Err(Error::Timeout { .. }) => {
-                self.close_with(1011, format!("session.finished not received within {timeout:?}"))
-            }
+            Err(Error::Timeout { .. }) => self.close_with(
+                1011,
+                format!("session.finished not received within {timeout:?}"),
+            ),
             _ => self.close_with(1000, "bye".into()),
         }
         result
@@ -525,8 +563,10 @@ impl Conversation {
     /// Sends `session.finish` and returns; `session.finished` arrives as an event, after which
     /// [`close`](Self::close).
     pub fn end_session_async(&self) -> Result<()> {
+        let (text, event_id) = event::finish_json();
         self.shared.enqueue(Command::Finish {
-            text: event::finish_json(),
+            text,
+            event_id,
             reply: None,
         })
     }

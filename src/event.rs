@@ -384,50 +384,49 @@ fn kind_of(v: Value) -> EventKind {
             reason: "no string field \"type\"".into(),
         };
     };
-    let typed = match event_type.as_str() {
-        "session.created" => {
-            serde_json::from_value::<WithSession>(v).map(|w| EventKind::SessionCreated(w.session))
-        }
-        "session.updated" => {
-            serde_json::from_value::<WithSession>(v).map(|w| EventKind::SessionUpdated(w.session))
-        }
-        "input_audio_buffer.speech_started" => {
-            serde_json::from_value::<Ids>(v).map(|i| EventKind::SpeechStarted {
-                item_id: i.item_id,
-                audio_start_ms: i.audio_start_ms,
-            })
-        }
-        "input_audio_buffer.speech_stopped" => {
-            serde_json::from_value::<Ids>(v).map(|i| EventKind::SpeechStopped {
-                item_id: i.item_id,
-                audio_end_ms: i.audio_end_ms,
-            })
-        }
-        "input_audio_buffer.committed" => {
-            serde_json::from_value::<Ids>(v).map(|i| EventKind::Committed {
-                item_id: i.item_id,
-                previous_item_id: i.previous_item_id,
-            })
-        }
-        "conversation.item.created" => {
-            serde_json::from_value::<ItemCreated>(v).map(|i| EventKind::ItemCreated {
-                item_id: i.item.and_then(|it| it.id),
-                previous_item_id: i.previous_item_id,
-            })
-        }
-        "conversation.item.input_audio_transcription.text" => {
-            serde_json::from_value(v).map(EventKind::Partial)
-        }
-        "conversation.item.input_audio_transcription.completed" => {
-            serde_json::from_value(v).map(EventKind::Completed)
-        }
-        "conversation.item.input_audio_transcription.failed" => {
-            serde_json::from_value(v).map(EventKind::Failed)
-        }
-        "session.finished" => Ok(EventKind::SessionFinished),
-        "error" => serde_json::from_value::<WithError>(v).map(|w| EventKind::Error(w.error)),
-        _ => return EventKind::Unknown { event_type },
-    };
+    let typed =
+        match event_type.as_str() {
+            "session.created" => serde_json::from_value::<WithSession>(v)
+                .map(|w| EventKind::SessionCreated(w.session)),
+            "session.updated" => serde_json::from_value::<WithSession>(v)
+                .map(|w| EventKind::SessionUpdated(w.session)),
+            "input_audio_buffer.speech_started" => {
+                serde_json::from_value::<Ids>(v).map(|i| EventKind::SpeechStarted {
+                    item_id: i.item_id,
+                    audio_start_ms: i.audio_start_ms,
+                })
+            }
+            "input_audio_buffer.speech_stopped" => {
+                serde_json::from_value::<Ids>(v).map(|i| EventKind::SpeechStopped {
+                    item_id: i.item_id,
+                    audio_end_ms: i.audio_end_ms,
+                })
+            }
+            "input_audio_buffer.committed" => {
+                serde_json::from_value::<Ids>(v).map(|i| EventKind::Committed {
+                    item_id: i.item_id,
+                    previous_item_id: i.previous_item_id,
+                })
+            }
+            "conversation.item.created" => {
+                serde_json::from_value::<ItemCreated>(v).map(|i| EventKind::ItemCreated {
+                    item_id: i.item.and_then(|it| it.id),
+                    previous_item_id: i.previous_item_id,
+                })
+            }
+            "conversation.item.input_audio_transcription.text" => {
+                serde_json::from_value(v).map(EventKind::Partial)
+            }
+            "conversation.item.input_audio_transcription.completed" => {
+                serde_json::from_value(v).map(EventKind::Completed)
+            }
+            "conversation.item.input_audio_transcription.failed" => {
+                serde_json::from_value(v).map(EventKind::Failed)
+            }
+            "session.finished" => Ok(EventKind::SessionFinished),
+            "error" => serde_json::from_value::<WithError>(v).map(|w| EventKind::Error(w.error)),
+            _ => return EventKind::Unknown { event_type },
+        };
     typed.unwrap_or_else(|e| EventKind::Malformed {
         reason: format!("{event_type}: {e}"),
     })
@@ -461,24 +460,23 @@ pub(crate) fn push_random_hex(s: &mut String, digits: usize) {
     }
 }
 
-/// `{"event_id":…,"type":…}` for the events that carry nothing else (commit, finish).
-pub(crate) fn simple_client_event(event_type: &str) -> String {
-    let mut s = String::with_capacity(80);
-    s.push_str("{\"event_id\":\"");
-    s.push_str(&new_event_id());
-    s.push_str("\",\"type\":\"");
-    s.push_str(event_type);
-    s.push_str("\"}");
-    s
+/// `{"event_id":…,"type":…}` for the events that carry nothing else (commit, finish), with
+/// its event id.
+fn simple_client_event(event_type: &str) -> (String, String) {
+    let id = new_event_id();
+    (
+        format!(r#"{{"event_id":"{id}","type":"{event_type}"}}"#),
+        id,
+    )
 }
 
-/// `input_audio_buffer.commit`.
-pub fn commit_json() -> String {
+/// `input_audio_buffer.commit`, and its event id.
+pub fn commit_json() -> (String, String) {
     simple_client_event("input_audio_buffer.commit")
 }
 
-/// `session.finish`.
-pub fn finish_json() -> String {
+/// `session.finish`, and its event id.
+pub fn finish_json() -> (String, String) {
     simple_client_event("session.finish")
 }
 
@@ -524,73 +522,159 @@ mod tests {
     // Every server event example of protocol.md §3, verbatim.
     #[test]
     fn parses_the_documented_server_events() {
-        let e = parse(r#"{"event_id":"event_B2uoU7VOt1AAITsPRPH9n","type":"error","error":{"type":"invalid_request_error","code":"invalid_value","message":"Invalid value: 'whisper-1xx'. Supported values are: 'whisper-1'.","param":"session.input_audio_transcription.model","event_id":"event_123"}}"#);
-        let EventKind::Error(err) = &e.kind else { panic!("{e:?}") };
+        let e = parse(
+            r#"{"event_id":"event_B2uoU7VOt1AAITsPRPH9n","type":"error","error":{"type":"invalid_request_error","code":"invalid_value","message":"Invalid value: 'whisper-1xx'. Supported values are: 'whisper-1'.","param":"session.input_audio_transcription.model","event_id":"event_123"}}"#,
+        );
+        let EventKind::Error(err) = &e.kind else {
+            panic!("{e:?}")
+        };
         assert_eq!(err.error_type.as_deref(), Some("invalid_request_error"));
         assert_eq!(err.code.as_deref(), Some("invalid_value"));
-        assert_eq!(err.param.as_deref(), Some("session.input_audio_transcription.model"));
+        assert_eq!(
+            err.param.as_deref(),
+            Some("session.input_audio_transcription.model")
+        );
         assert_eq!(err.event_id.as_deref(), Some("event_123"));
         assert!(err.to_string().contains("Invalid value"));
 
-        let e = parse(r#"{"event_id":"event_1234","type":"session.created","session":{"id":"sess_001","object":"realtime.session","model":"qwen3-asr-flash-realtime","modalities":["text"],"input_audio_format":"pcm16","input_audio_transcription":null,"turn_detection":{"type":"server_vad","threshold":0.5,"silence_duration_ms":200}}}"#);
-        let EventKind::SessionCreated(s) = &e.kind else { panic!("{e:?}") };
+        let e = parse(
+            r#"{"event_id":"event_1234","type":"session.created","session":{"id":"sess_001","object":"realtime.session","model":"qwen3-asr-flash-realtime","modalities":["text"],"input_audio_format":"pcm16","input_audio_transcription":null,"turn_detection":{"type":"server_vad","threshold":0.5,"silence_duration_ms":200}}}"#,
+        );
+        let EventKind::SessionCreated(s) = &e.kind else {
+            panic!("{e:?}")
+        };
         assert_eq!(s.id.as_deref(), Some("sess_001"));
         assert_eq!(s.model.as_deref(), Some("qwen3-asr-flash-realtime"));
         assert_eq!(s.input_audio_format.as_deref(), Some("pcm16"));
 
-        let e = parse(r#"{"event_id":"event_04cIDHwiM-gHSc0rSktQG","type":"session.created","session":{"id":"sess_WvWctgpr1Qpcjq53Spt0p","object":"realtime.session","model":"qwen3-asr-flash-realtime","modalities":["text"],"input_audio_format":"pcm","sample_rate":16000,"input_audio_transcription":{"model":"qwen3-asr-flash-realtime"},"turn_detection":{"type":"server_vad","threshold":0.2,"silence_duration_ms":800}}}"#);
-        let EventKind::SessionCreated(s) = &e.kind else { panic!("{e:?}") };
+        let e = parse(
+            r#"{"event_id":"event_04cIDHwiM-gHSc0rSktQG","type":"session.created","session":{"id":"sess_WvWctgpr1Qpcjq53Spt0p","object":"realtime.session","model":"qwen3-asr-flash-realtime","modalities":["text"],"input_audio_format":"pcm","sample_rate":16000,"input_audio_transcription":{"model":"qwen3-asr-flash-realtime"},"turn_detection":{"type":"server_vad","threshold":0.2,"silence_duration_ms":800}}}"#,
+        );
+        let EventKind::SessionCreated(s) = &e.kind else {
+            panic!("{e:?}")
+        };
         assert_eq!(s.sample_rate, Some(16000));
 
-        let e = parse(r#"{"event_id":"event_x","type":"session.updated","session":{"id":"sess_1","model":"qwen3-asr-flash-realtime","input_audio_format":"pcm","sample_rate":16000,"input_audio_transcription":{"model":"qwen3-asr-flash-realtime","language":"zh"},"turn_detection":null}}"#);
-        assert!(matches!(&e.kind, EventKind::SessionUpdated(s) if s.id.as_deref() == Some("sess_1")));
+        let e = parse(
+            r#"{"event_id":"event_x","type":"session.updated","session":{"id":"sess_1","model":"qwen3-asr-flash-realtime","input_audio_format":"pcm","sample_rate":16000,"input_audio_transcription":{"model":"qwen3-asr-flash-realtime","language":"zh"},"turn_detection":null}}"#,
+        );
+        assert!(
+            matches!(&e.kind, EventKind::SessionUpdated(s) if s.id.as_deref() == Some("sess_1"))
+        );
 
-        let e = parse(r#"{"event_id":"event_B1lV7FPbgTv9qGxPI1tH4","type":"input_audio_buffer.speech_started","audio_start_ms":64,"item_id":"item_B1lV7jWLscp4mMV8hSs8c"}"#);
-        assert_eq!(e.kind, EventKind::SpeechStarted { item_id: Some("item_B1lV7jWLscp4mMV8hSs8c".into()), audio_start_ms: Some(64) });
+        let e = parse(
+            r#"{"event_id":"event_B1lV7FPbgTv9qGxPI1tH4","type":"input_audio_buffer.speech_started","audio_start_ms":64,"item_id":"item_B1lV7jWLscp4mMV8hSs8c"}"#,
+        );
+        assert_eq!(
+            e.kind,
+            EventKind::SpeechStarted {
+                item_id: Some("item_B1lV7jWLscp4mMV8hSs8c".into()),
+                audio_start_ms: Some(64)
+            }
+        );
 
-        let e = parse(r#"{"event_id":"event_B3GGEYh2orwNIdhUagZPz","type":"input_audio_buffer.speech_stopped","audio_end_ms":28128,"item_id":"item_B3GGE8ry4yqbqJGzrVhEM"}"#);
-        assert_eq!(e.kind, EventKind::SpeechStopped { item_id: Some("item_B3GGE8ry4yqbqJGzrVhEM".into()), audio_end_ms: Some(28128) });
+        let e = parse(
+            r#"{"event_id":"event_B3GGEYh2orwNIdhUagZPz","type":"input_audio_buffer.speech_stopped","audio_end_ms":28128,"item_id":"item_B3GGE8ry4yqbqJGzrVhEM"}"#,
+        );
+        assert_eq!(
+            e.kind,
+            EventKind::SpeechStopped {
+                item_id: Some("item_B3GGE8ry4yqbqJGzrVhEM".into()),
+                audio_end_ms: Some(28128)
+            }
+        );
 
-        let e = parse(r#"{"event_id":"event_1121","type":"input_audio_buffer.committed","previous_item_id":"msg_001","item_id":"msg_002"}"#);
-        assert_eq!(e.kind, EventKind::Committed { item_id: Some("msg_002".into()), previous_item_id: Some("msg_001".into()) });
+        let e = parse(
+            r#"{"event_id":"event_1121","type":"input_audio_buffer.committed","previous_item_id":"msg_001","item_id":"msg_002"}"#,
+        );
+        assert_eq!(
+            e.kind,
+            EventKind::Committed {
+                item_id: Some("msg_002".into()),
+                previous_item_id: Some("msg_001".into())
+            }
+        );
 
-        let e = parse(r#"{"type":"conversation.item.created","event_id":"event_B3GGKbCfBZTpqFHZ0P8vg","previous_item_id":"item_B3GGE8ry4yqbqJGzrVhEM","item":{"id":"item_B3GGEPlolCqdMiVbYIf5L","object":"realtime.item","type":"message","status":"completed","role":"user","content":[{"type":"input_audio","transcript":null}]}}"#);
-        assert_eq!(e.kind, EventKind::ItemCreated { item_id: Some("item_B3GGEPlolCqdMiVbYIf5L".into()), previous_item_id: Some("item_B3GGE8ry4yqbqJGzrVhEM".into()) });
+        let e = parse(
+            r#"{"type":"conversation.item.created","event_id":"event_B3GGKbCfBZTpqFHZ0P8vg","previous_item_id":"item_B3GGE8ry4yqbqJGzrVhEM","item":{"id":"item_B3GGEPlolCqdMiVbYIf5L","object":"realtime.item","type":"message","status":"completed","role":"user","content":[{"type":"input_audio","transcript":null}]}}"#,
+        );
+        assert_eq!(
+            e.kind,
+            EventKind::ItemCreated {
+                item_id: Some("item_B3GGEPlolCqdMiVbYIf5L".into()),
+                previous_item_id: Some("item_B3GGE8ry4yqbqJGzrVhEM".into())
+            }
+        );
 
-        let e = parse(r#"{"event_id":"event_R7Pfu8QVBfP5HmpcbEFSd","type":"conversation.item.input_audio_transcription.text","item_id":"item_MpJQPNQzqVRc9aC9zMwSj","content_index":0,"language":"zh","emotion":"neutral","text":"","stash":"北京的"}"#);
-        let EventKind::Partial(p) = &e.kind else { panic!("{e:?}") };
-        assert_eq!((p.text.as_str(), p.stash.as_str(), p.preview().as_str()), ("", "北京的", "北京的"));
+        let e = parse(
+            r#"{"event_id":"event_R7Pfu8QVBfP5HmpcbEFSd","type":"conversation.item.input_audio_transcription.text","item_id":"item_MpJQPNQzqVRc9aC9zMwSj","content_index":0,"language":"zh","emotion":"neutral","text":"","stash":"北京的"}"#,
+        );
+        let EventKind::Partial(p) = &e.kind else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            (p.text.as_str(), p.stash.as_str(), p.preview().as_str()),
+            ("", "北京的", "北京的")
+        );
         assert_eq!(p.language.as_deref(), Some("zh"));
 
-        let e = parse(r#"{"event_id":"event_B3GGEjPT2sLzjBM74W6kB","type":"conversation.item.input_audio_transcription.completed","item_id":"item_B3GGC53jGOuIFcjZkmEQ9","content_index":0,"language":"zh","emotion":"neutral","transcript":"今天天气怎么样"}"#);
-        let EventKind::Completed(c) = &e.kind else { panic!("{e:?}") };
+        let e = parse(
+            r#"{"event_id":"event_B3GGEjPT2sLzjBM74W6kB","type":"conversation.item.input_audio_transcription.completed","item_id":"item_B3GGC53jGOuIFcjZkmEQ9","content_index":0,"language":"zh","emotion":"neutral","transcript":"今天天气怎么样"}"#,
+        );
+        let EventKind::Completed(c) = &e.kind else {
+            panic!("{e:?}")
+        };
         assert_eq!(c.transcript, "今天天气怎么样");
         assert_eq!(c.emotion.as_deref(), Some("neutral"));
         assert_eq!(c.usage, None);
 
-        let e = parse(r#"{"type":"conversation.item.input_audio_transcription.completed","item_id":"i","transcript":"x","usage":{"duration":45}}"#);
-        assert!(matches!(&e.kind, EventKind::Completed(c) if c.usage.as_ref().and_then(|u| u.duration) == Some(45.0)));
+        let e = parse(
+            r#"{"type":"conversation.item.input_audio_transcription.completed","item_id":"i","transcript":"x","usage":{"duration":45}}"#,
+        );
+        assert!(
+            matches!(&e.kind, EventKind::Completed(c) if c.usage.as_ref().and_then(|u| u.duration) == Some(45.0))
+        );
 
-        let e = parse(r#"{"type":"conversation.item.input_audio_transcription.failed","item_id":"<item_id>","content_index":0,"error":{"code":"<code>","message":"<message>","param":"<param>"}}"#);
-        let EventKind::Failed(f) = &e.kind else { panic!("{e:?}") };
+        let e = parse(
+            r#"{"type":"conversation.item.input_audio_transcription.failed","item_id":"<item_id>","content_index":0,"error":{"code":"<code>","message":"<message>","param":"<param>"}}"#,
+        );
+        let EventKind::Failed(f) = &e.kind else {
+            panic!("{e:?}")
+        };
         assert_eq!(f.item_id.as_deref(), Some("<item_id>"));
         assert_eq!(f.error.code.as_deref(), Some("<code>"));
 
         let e = parse(r#"{"event_id":"event_2239","type":"session.finished"}"#);
         assert_eq!(e.kind, EventKind::SessionFinished);
         // The raw text is kept, exactly.
-        assert_eq!(e.raw(), Some(r#"{"event_id":"event_2239","type":"session.finished"}"#));
-        assert_eq!(e.to_json_line(), r#"{"event_id":"event_2239","type":"session.finished"}"#);
+        assert_eq!(
+            e.raw(),
+            Some(r#"{"event_id":"event_2239","type":"session.finished"}"#)
+        );
+        assert_eq!(
+            e.to_json_line(),
+            r#"{"event_id":"event_2239","type":"session.finished"}"#
+        );
     }
 
     #[test]
     fn partials_replace_rather_than_append() {
         // The SE walk-through: each snapshot's preview is complete on its own.
-        let steps = [("", "今天"), ("", "今天天气"), ("今天", "天气不错"), ("今天天气不错，", ""), ("今天天气不错，", "阳光明媚。")];
+        let steps = [
+            ("", "今天"),
+            ("", "今天天气"),
+            ("今天", "天气不错"),
+            ("今天天气不错，", ""),
+            ("今天天气不错，", "阳光明媚。"),
+        ];
         let mut shown = String::new();
         for (text, stash) in steps {
-            let e = parse(&format!(r#"{{"type":"conversation.item.input_audio_transcription.text","item_id":"i","text":"{text}","stash":"{stash}"}}"#));
-            let EventKind::Partial(p) = e.kind else { panic!() };
+            let e = parse(&format!(
+                r#"{{"type":"conversation.item.input_audio_transcription.text","item_id":"i","text":"{text}","stash":"{stash}"}}"#
+            ));
+            let EventKind::Partial(p) = e.kind else {
+                panic!()
+            };
             shown = p.preview();
         }
         assert_eq!(shown, "今天天气不错，阳光明媚。");
@@ -598,9 +682,18 @@ mod tests {
 
     #[test]
     fn what_is_not_an_event_is_kept_and_typed_client_side() {
-        for bad in ["{not json", "[1,2]", r#"{"type":7}"#, "", &"[".repeat(10_000)] {
+        for bad in [
+            "{not json",
+            "[1,2]",
+            r#"{"type":7}"#,
+            "",
+            &"[".repeat(10_000),
+        ] {
             let e = parse(bad);
-            assert!(matches!(e.kind, EventKind::Malformed { .. }), "{bad:.20}: {e:?}");
+            assert!(
+                matches!(e.kind, EventKind::Malformed { .. }),
+                "{bad:.20}: {e:?}"
+            );
             assert_eq!(e.raw(), Some(bad));
             let line: Value = serde_json::from_str(&e.to_json_line()).unwrap();
             assert_eq!(line["type"], "client.malformed");
@@ -608,13 +701,20 @@ mod tests {
         }
         // Known type, wrong field type.
         let e = parse(r#"{"type":"input_audio_buffer.speech_started","audio_start_ms":-5}"#);
-        assert!(matches!(&e.kind, EventKind::Malformed { reason } if reason.contains("speech_started")));
+        assert!(
+            matches!(&e.kind, EventKind::Malformed { reason } if reason.contains("speech_started"))
+        );
         // Huge numbers do not panic.
         let e = parse(r#"{"type":"input_audio_buffer.speech_stopped","audio_end_ms":1e400}"#);
         assert!(matches!(e.kind, EventKind::Malformed { .. }));
         // Unknown types are forwarded with their raw text.
         let e = parse(r#"{"type":"response.created","response":{"id":"r"}}"#);
-        assert_eq!(e.kind, EventKind::Unknown { event_type: "response.created".into() });
+        assert_eq!(
+            e.kind,
+            EventKind::Unknown {
+                event_type: "response.created".into()
+            }
+        );
         assert_eq!(e.type_name(), "response.created");
         assert!(!e.is_client());
     }
@@ -624,13 +724,17 @@ mod tests {
         let id = new_event_id();
         assert_eq!(id.len(), 38);
         assert!(id.starts_with("event_"));
-        assert!(id[6..].bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert!(id[6..]
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
         assert_ne!(new_event_id(), new_event_id());
 
-        let commit: Value = serde_json::from_str(&commit_json()).unwrap();
+        let (commit, id) = commit_json();
+        assert!(commit.contains(&id));
+        let commit: Value = serde_json::from_str(&commit).unwrap();
         assert_eq!(commit.as_object().unwrap().len(), 2);
         assert_eq!(commit["type"], "input_audio_buffer.commit");
-        let finish: Value = serde_json::from_str(&finish_json()).unwrap();
+        let finish: Value = serde_json::from_str(&finish_json().0).unwrap();
         assert_eq!(finish["type"], "session.finish");
         assert_eq!(finish["event_id"].as_str().unwrap().len(), 38);
 
@@ -649,10 +753,21 @@ mod tests {
 
     #[test]
     fn client_raised_events_serialise_with_client_types() {
-        let e = Event::client(EventKind::Closed { code: 1011, reason: "gone".into() });
-        assert_eq!(e.to_json_line(), r#"{"code":1011,"reason":"gone","type":"client.closed"}"#);
-        let e = Event::client(EventKind::AudioDropped { ms: 300, reason: "r".into() });
-        assert!(e.to_json_line().contains(r#""type":"client.audio_dropped""#));
+        let e = Event::client(EventKind::Closed {
+            code: 1011,
+            reason: "gone".into(),
+        });
+        assert_eq!(
+            e.to_json_line(),
+            r#"{"code":1011,"reason":"gone","type":"client.closed"}"#
+        );
+        let e = Event::client(EventKind::AudioDropped {
+            ms: 300,
+            reason: "r".into(),
+        });
+        assert!(e
+            .to_json_line()
+            .contains(r#""type":"client.audio_dropped""#));
         assert!(e.is_client());
     }
 }

@@ -38,10 +38,11 @@ pub(crate) struct IoThread {
 }
 
 /// Waiters for the replies that `update_session` and `end_session` block on.
+/// Each with the `event_id` of the request, to tell its error from other errors.
 #[derive(Default)]
 struct Waiters {
-    update: Option<Reply<Session>>,
-    finish: Option<Reply<()>>,
+    update: Option<(String, Reply<Session>)>,
+    finish: Option<(String, Reply<()>)>,
 }
 
 impl Waiters {
@@ -50,10 +51,10 @@ impl Waiters {
             code,
             reason: reason.to_owned(),
         };
-        if let Some(w) = self.update.take() {
+        if let Some((_, w)) = self.update.take() {
             let _ = w.send(Err(err()));
         }
-        if let Some(w) = self.finish.take() {
+        if let Some((_, w)) = self.finish.take() {
             let _ = w.send(Err(err()));
         }
     }
@@ -157,7 +158,9 @@ impl IoThread {
                 dropped += cmd.audio_bytes();
                 cmd.fail();
             }
-            if self.shared.senders_in_flight.load(Ordering::SeqCst) == 0 || Instant::now() > deadline {
+            if self.shared.senders_in_flight.load(Ordering::SeqCst) == 0
+                || Instant::now() > deadline
+            {
                 break;
             }
             std::thread::yield_now();
@@ -290,22 +293,32 @@ impl IoThread {
                 }
             }
             EventKind::SessionUpdated(s) => {
-                if let Some(w) = waiters.update.take() {
+                if let Some((_, w)) = waiters.update.take() {
                     let _ = w.send(Ok(s.clone()));
                 }
             }
             EventKind::SessionFinished => {
-                if let Some(w) = waiters.finish.take() {
+                if let Some((_, w)) = waiters.finish.take() {
                     let _ = w.send(Ok(()));
                 }
             }
-            // Whatever request we are waiting on, an error now is its answer: the server does
-            // not always say which event it refers to (protocol.md §3.1).
+            // An error that names another client event (an append, say) is not the answer.
+            // One that names none is taken as the answer, as the Python SDK takes any error:
+            // the server does not always say which event it refers to (protocol.md §3.1).
             EventKind::Error(e) => {
-                if let Some(w) = waiters.update.take() {
-                    let _ = w.send(Err(Error::Server(e.clone())));
-                } else if let Some(w) = waiters.finish.take() {
-                    let _ = w.send(Err(Error::Server(e.clone())));
+                let answers = |id: &str| e.event_id.as_deref().is_none_or(|cause| cause == id);
+                if let Some((id, w)) = waiters.update.take() {
+                    if answers(&id) {
+                        let _ = w.send(Err(Error::Server(e.clone())));
+                    } else {
+                        waiters.update = Some((id, w));
+                    }
+                } else if let Some((id, w)) = waiters.finish.take() {
+                    if answers(&id) {
+                        let _ = w.send(Err(Error::Server(e.clone())));
+                    } else {
+                        waiters.finish = Some((id, w));
+                    }
                 }
             }
             _ => {}
@@ -337,12 +350,20 @@ impl IoThread {
             };
             let text = match cmd {
                 Command::Frame { text, .. } => text,
-                Command::Update { text, reply } => {
-                    waiters.update = reply;
+                Command::Update {
+                    text,
+                    event_id,
+                    reply,
+                } => {
+                    waiters.update = reply.map(|r| (event_id, r));
                     text
                 }
-                Command::Finish { text, reply } => {
-                    waiters.finish = reply;
+                Command::Finish {
+                    text,
+                    event_id,
+                    reply,
+                } => {
+                    waiters.finish = reply.map(|r| (event_id, r));
                     text
                 }
                 Command::Notify(event) => {
@@ -363,10 +384,13 @@ impl IoThread {
         }
     }
 
+    /// Consumes the wake-up bytes, then lets senders write a new one. In this order a sender
+    /// that queues a command after our last look at the queue always leaves a byte behind for
+    /// poll to see; the other order can lose that wake-up and leave the command waiting.
     fn drain_wake(&mut self) {
-        self.shared.wake_pending.store(false, Ordering::SeqCst);
         let mut buf = [0u8; 64];
         while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
+        self.shared.wake_pending.store(false, Ordering::SeqCst);
     }
 
     /// Sleeps until the socket is readable (or writable, when a write is pending), a command
@@ -381,7 +405,11 @@ impl IoThread {
             libc::pollfd {
                 fd: self.wake.as_raw_fd(),
                 // While a write is pending, new commands could not be sent anyway.
-                events: if want_commands && !want_write { libc::POLLIN } else { 0 },
+                events: if want_commands && !want_write {
+                    libc::POLLIN
+                } else {
+                    0
+                },
                 revents: 0,
             },
         ];

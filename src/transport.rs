@@ -74,7 +74,8 @@ fn parse_target(params: &ConnectParams, url: &str) -> Result<Target> {
 }
 
 fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The `user-agent` we send: this crate and its version, like the SDKs' `dashscope/<ver>; …`.
@@ -238,7 +239,11 @@ fn upgrade(
         #[cfg(not(feature = "native-tls"))]
         unreachable!("parse_target refuses wss:// without native-tls")
     } else {
-        tungstenite::client::client_with_config(request, MaybeTlsStream::Plain(tcp), Some(ws_config()))
+        tungstenite::client::client_with_config(
+            request,
+            MaybeTlsStream::Plain(tcp),
+            Some(ws_config()),
+        )
     };
     match result {
         Ok((socket, _response)) => Ok(socket),
@@ -276,8 +281,12 @@ pub(crate) fn open(params: &ConnectParams, key: &ApiKey) -> Result<Opened> {
     }
     log::info!("connected to {}", url.split('?').next().unwrap_or(""));
     let created = wait_session_created(&mut socket, &poll_handle, params)?;
-    poll_handle.set_read_timeout(None).map_err(io_err(Phase::SessionCreated))?;
-    poll_handle.set_write_timeout(None).map_err(io_err(Phase::SessionCreated))?;
+    poll_handle
+        .set_read_timeout(None)
+        .map_err(io_err(Phase::SessionCreated))?;
+    poll_handle
+        .set_write_timeout(None)
+        .map_err(io_err(Phase::SessionCreated))?;
     Ok(Opened {
         socket,
         tcp: poll_handle,
@@ -285,7 +294,11 @@ pub(crate) fn open(params: &ConnectParams, key: &ApiKey) -> Result<Opened> {
     })
 }
 
-fn wait_session_created(socket: &mut Socket, tcp: &TcpStream, params: &ConnectParams) -> Result<Event> {
+fn wait_session_created(
+    socket: &mut Socket,
+    tcp: &TcpStream,
+    params: &ConnectParams,
+) -> Result<Event> {
     let limit = params.timeouts.session_created;
     let deadline = Instant::now() + limit;
     let timeout = || Error::Timeout {
@@ -297,10 +310,11 @@ fn wait_session_created(socket: &mut Socket, tcp: &TcpStream, params: &ConnectPa
         if left.is_zero() {
             return Err(timeout());
         }
-        tcp.set_read_timeout(Some(left)).map_err(|source| Error::Io {
-            phase: Phase::SessionCreated,
-            source,
-        })?;
+        tcp.set_read_timeout(Some(left))
+            .map_err(|source| Error::Io {
+                phase: Phase::SessionCreated,
+                source,
+            })?;
         let text = match socket.read() {
             Ok(Message::Text(t)) => t.as_str().to_owned(),
             Ok(Message::Close(frame)) => {
@@ -387,7 +401,11 @@ mod tests {
     #[test]
     fn a_dated_snapshot_of_the_requested_model_is_accepted() {
         check_model("qwen3-asr-flash-realtime", Some("qwen3-asr-flash-realtime")).unwrap();
-        check_model("qwen3-asr-flash-realtime", Some("qwen3-asr-flash-realtime-2025-10-27")).unwrap();
+        check_model(
+            "qwen3-asr-flash-realtime",
+            Some("qwen3-asr-flash-realtime-2025-10-27"),
+        )
+        .unwrap();
         check_model("qwen3-asr-flash-realtime", None).unwrap();
         for served in [
             "qwen-omni-turbo-realtime",
@@ -401,13 +419,22 @@ mod tests {
             ));
         }
         // A dated model asked for must be served exactly.
-        assert!(check_model("qwen3-asr-flash-realtime-2025-10-27", Some("qwen3-asr-flash-realtime")).is_err());
+        assert!(check_model(
+            "qwen3-asr-flash-realtime-2025-10-27",
+            Some("qwen3-asr-flash-realtime")
+        )
+        .is_err());
     }
 
     #[test]
     fn plain_ws_is_refused_off_loopback() {
         let p = ConnectParams::new();
-        for ok in ["ws://127.0.0.1:1/x", "ws://localhost:1/x", "ws://[::1]:1/x", "ws://127.8.0.1/x"] {
+        for ok in [
+            "ws://127.0.0.1:1/x",
+            "ws://localhost:1/x",
+            "ws://[::1]:1/x",
+            "ws://127.8.0.1/x",
+        ] {
             parse_target(&p, ok).unwrap();
         }
         match parse_target(&p, "ws://192.0.2.1/x?model=m") {
@@ -436,10 +463,16 @@ mod tests {
         assert_eq!(h["x-dashscope-workspace"], "ws-1");
         assert_eq!(h["x-dashscope-datainspection"], "enable");
         assert_eq!(h["x-extra"], "1");
-        assert!(req.uri().to_string().ends_with("?model=qwen3-asr-flash-realtime"));
+        assert!(req
+            .uri()
+            .to_string()
+            .ends_with("?model=qwen3-asr-flash-realtime"));
         let req = build_request(&ConnectParams::new(), &ApiKey::new("k1")).unwrap();
         let ua = req.headers()["user-agent"].to_str().unwrap().to_owned();
-        assert!(ua.starts_with(&format!("qwen-asr-realtime/{}", env!("CARGO_PKG_VERSION"))), "{ua}");
+        assert!(
+            ua.starts_with(&format!("qwen-asr-realtime/{}", env!("CARGO_PKG_VERSION"))),
+            "{ua}"
+        );
         assert!(req.headers().get("x-dashscope-datainspection").is_none());
     }
 }

@@ -256,7 +256,14 @@ mod tests {
         let samples: Vec<i16> = (0..1000).map(|i| (i * 37 - 9000) as i16).collect();
         let file = wav(16000, &samples, true);
         let mut r = WavReader::new(file.as_slice()).unwrap();
-        assert_eq!(r.spec(), WavSpec { sample_rate: 16000, channels: 1, bits_per_sample: 16 });
+        assert_eq!(
+            r.spec(),
+            WavSpec {
+                sample_rate: 16000,
+                channels: 1,
+                bits_per_sample: 16
+            }
+        );
         assert_eq!(r.len_samples(), Some(1000));
         let mut got = Vec::new();
         let mut buf = [0i16; 333];
@@ -284,7 +291,9 @@ mod tests {
     fn other_formats_get_a_clear_error() {
         let mut eight_bit = wav(16000, &[0; 4], false);
         eight_bit[34] = 8;
-        let msg = WavReader::new(eight_bit.as_slice()).unwrap_err().to_string();
+        let msg = WavReader::new(eight_bit.as_slice())
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("8 bits per sample"), "{msg}");
         let mut float = wav(16000, &[0; 4], false);
         float[20] = 3;

@@ -55,6 +55,7 @@ impl Vad {
         (sample_rate as usize / 100).max(1) * 2
     }
 
+    #[cfg(test)]
     pub(crate) fn is_speaking(&self) -> bool {
         self.speaking
     }

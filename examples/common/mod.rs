@@ -1,0 +1,269 @@
+//! What the examples share: options, connecting (to the service or the bundled emulator),
+//! and showing events on a terminal or as JSON lines.
+#![allow(dead_code)] // each example uses its own subset
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use qwen_asr_realtime::config::{ApiKey, API_KEY_ENV};
+use qwen_asr_realtime::emulator::{Emulator, EmulatorConfig};
+use qwen_asr_realtime::{ConnectParams, Conversation, Error, Event, EventKind, SessionConfig};
+
+/// The options the examples have in common.
+pub const COMMON_OPTIONS: &str = "\
+  --url URL          service endpoint (default: Beijing, wss://dashscope.aliyuncs.com/api-ws/v1/realtime;
+                     Singapore: wss://dashscope-intl.aliyuncs.com/api-ws/v1/realtime)
+  --model NAME       model (default qwen3-asr-flash-realtime)
+  --api-key KEY      API key (default: $DASHSCOPE_API_KEY, $DASHSCOPE_API_KEY_FILE_PATH, ~/.dashscope/api_key)
+  --mode vad|manual  server VAD cuts utterances (default), or manual commits
+  --language CODE    zh, yue, en, ja, de, ko, ru, fr, pt, ar, it, es, hi, id, th, tr, uk, vi, cs,
+                     da, fil, fi, is, ms, no, pl, sv (default: detect automatically)
+  --context TEXT     context text for biasing (names, vocabulary)
+  --chunk-ms N       audio per append in ms, 20..=500 (default 100)
+  --emulator         use the bundled local emulator instead of the service (also the fallback
+                     when no API key is found)
+  --json             one JSON object per line on stdout: every event as received, and the
+                     library's own events with a type starting client.
+  -h, --help         this help";
+
+/// Parsed options.
+#[derive(Debug, Default)]
+pub struct Options {
+    pub url: Option<String>,
+    pub model: Option<String>,
+    pub api_key: Option<String>,
+    pub manual: bool,
+    pub language: Option<String>,
+    pub context: Option<String>,
+    pub chunk_ms: u32,
+    pub emulator: bool,
+    pub json: bool,
+    pub realtime: bool,
+    pub device: Option<String>,
+    pub seconds: Option<f64>,
+    pub positional: Vec<String>,
+}
+
+/// Prints `usage` and exits 0 for `--help`; exits 2 with a one-line error for bad options.
+/// `extra` lists the flags (without value) and `extra_valued` the options taking a value
+/// that this example adds.
+pub fn parse_args(usage: &str, extra: &[&str], extra_valued: &[&str]) -> Options {
+    match try_parse(std::env::args().skip(1), extra, extra_valued) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            println!("{usage}");
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("error: {e} (see --help)");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn try_parse(
+    mut args: impl Iterator<Item = String>,
+    extra: &[&str],
+    extra_valued: &[&str],
+) -> Result<Option<Options>, String> {
+    let mut o = Options {
+        chunk_ms: 100,
+        ..Options::default()
+    };
+    while let Some(arg) = args.next() {
+        let known_valued = [
+            "--url",
+            "--model",
+            "--api-key",
+            "--mode",
+            "--language",
+            "--context",
+            "--chunk-ms",
+        ];
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let takes_value =
+            known_valued.contains(&name.as_str()) || extra_valued.contains(&name.as_str());
+        let value = if takes_value {
+            match inline.or_else(|| args.next()) {
+                Some(v) => v,
+                None => return Err(format!("{name} needs a value")),
+            }
+        } else {
+            String::new()
+        };
+        match name.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--url" => o.url = Some(value),
+            "--model" => o.model = Some(value),
+            "--api-key" => o.api_key = Some(value),
+            "--mode" => {
+                o.manual = match value.as_str() {
+                    "vad" => false,
+                    "manual" => true,
+                    v => return Err(format!("--mode takes vad or manual, not {v:?}")),
+                }
+            }
+            "--language" => o.language = Some(value),
+            "--context" => o.context = Some(value),
+            "--chunk-ms" => {
+                o.chunk_ms = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (20..=500).contains(n))
+                    .ok_or(format!(
+                        "--chunk-ms takes a whole number from 20 to 500, not {value:?}"
+                    ))?
+            }
+            "--device" if extra_valued.contains(&"--device") => o.device = Some(value),
+            "--seconds" if extra_valued.contains(&"--seconds") => {
+                o.seconds = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|s: &f64| *s > 0.0 && s.is_finite())
+                        .ok_or(format!("--seconds takes a positive number, not {value:?}"))?,
+                )
+            }
+            "--emulator" => o.emulator = true,
+            "--json" => o.json = true,
+            "--realtime" if extra.contains(&"--realtime") => o.realtime = true,
+            s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option {s}")),
+            _ => o.positional.push(arg),
+        }
+    }
+    Ok(Some(o))
+}
+
+/// The session configuration the options ask for.
+pub fn session_config(o: &Options, sample_rate: u32) -> SessionConfig {
+    let mut cfg = if o.manual {
+        SessionConfig::manual()
+    } else {
+        SessionConfig::vad()
+    };
+    cfg = cfg.sample_rate(sample_rate);
+    if let Some(l) = &o.language {
+        cfg = cfg.language(l.clone());
+    }
+    if let Some(c) = &o.context {
+        cfg = cfg.context(c.clone());
+    }
+    cfg
+}
+
+/// Connects to the service, or starts the bundled emulator (with `--emulator`, or when no
+/// API key is found and no URL was given) and connects to it; says which on stderr.
+pub fn connect(
+    o: &Options,
+    config: &SessionConfig,
+) -> Result<(Conversation, Option<Emulator>), Error> {
+    let mut params = ConnectParams::new();
+    if let Some(m) = &o.model {
+        params = params.model(m.clone());
+    }
+    let have_key = o.api_key.is_some() || ApiKey::from_env().is_ok();
+    let use_emulator = o.emulator || (!have_key && o.url.is_none());
+    let mut emulator = None;
+    if use_emulator {
+        if !o.emulator {
+            eprintln!(
+                "note: no API key found (set {API_KEY_ENV} to use the service); \
+                 using the bundled local emulator instead"
+            );
+        }
+        let emu = Emulator::start(EmulatorConfig::default())
+            .map_err(|e| Error::Internal(format!("cannot start the emulator: {e}")))?;
+        eprintln!("using the bundled local emulator at {}", emu.url());
+        params = params.url(emu.url()).api_key("emulator");
+        emulator = Some(emu);
+    } else {
+        if let Some(u) = &o.url {
+            params = params.url(u.clone());
+        }
+        if let Some(k) = &o.api_key {
+            params = params.api_key(k.clone());
+        }
+    }
+    let conv = Conversation::start(params, config)?;
+    Ok((conv, emulator))
+}
+
+/// Shows events: JSON lines, or on a terminal one live line with the current partial
+/// (confirmed text, then the provisional stash dimmed) and each completed transcript on a
+/// line of its own. Errors and the library's own events go to stderr.
+pub struct Display {
+    json: bool,
+    tty: bool,
+    live: bool,
+}
+
+impl Display {
+    pub fn new(json: bool) -> Display {
+        Display {
+            json,
+            tty: std::io::stdout().is_terminal(),
+            live: false,
+        }
+    }
+
+    pub fn show(&mut self, event: &Event) {
+        let mut out = std::io::stdout().lock();
+        if self.json {
+            let _ = writeln!(out, "{}", event.to_json_line());
+            let _ = out.flush();
+            return;
+        }
+        match &event.kind {
+            EventKind::Partial(p) if self.tty => {
+                let _ = write!(out, "\r\x1b[2K{}\x1b[2m{}\x1b[0m", p.text, p.stash);
+                self.live = true;
+            }
+            EventKind::Completed(c) => {
+                if self.live {
+                    let _ = write!(out, "\r\x1b[2K");
+                    self.live = false;
+                }
+                let _ = writeln!(out, "{}", c.transcript);
+            }
+            EventKind::Error(e) => eprintln!("server error: {e}"),
+            EventKind::Failed(f) => eprintln!("transcription failed: {}", f.error),
+            EventKind::Malformed { reason } => eprintln!("malformed event: {reason}"),
+            EventKind::AudioDropped { ms, reason } => eprintln!("lost {ms} ms of audio: {reason}"),
+            EventKind::CaptureOverrun { count, gap_ms } => {
+                eprintln!("capture overrun #{count}: about {gap_ms} ms of audio missing")
+            }
+            EventKind::CaptureError { message } => eprintln!("capture stopped: {message}"),
+            EventKind::Closed { code, reason } if *code != 1000 => {
+                eprintln!("connection closed: {code} {reason}")
+            }
+            _ => {}
+        }
+        let _ = out.flush();
+    }
+}
+
+/// Prints the conversation's events on a thread of its own until the stream ends.
+pub fn spawn_printer(conv: &Conversation, json: bool) -> std::thread::JoinHandle<()> {
+    let events = conv.events();
+    std::thread::Builder::new()
+        .name("printer".into())
+        .spawn(move || {
+            let mut display = Display::new(json);
+            for event in events.iter() {
+                display.show(&event);
+            }
+        })
+        .expect("cannot start the printer thread")
+}
+
+/// `end_session` with the SDKs' 20 s default.
+pub const END_SESSION_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Prints a one-line error and exits 1.
+pub fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+    eprintln!("error: {what}: {e}");
+    std::process::exit(1);
+}

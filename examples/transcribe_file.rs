@@ -1,0 +1,76 @@
+//! Streams a 16-bit mono WAV file (8 or 16 kHz) to Qwen-ASR-Realtime and prints what comes
+//! back. Run with `--help` for the options.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use qwen_asr_realtime::wav::WavReader;
+
+const USAGE: &str = "\
+transcribe_file: stream a WAV file to Qwen-ASR-Realtime and print the transcripts
+
+usage: cargo run --example transcribe_file -- [OPTIONS] FILE.wav
+
+FILE.wav must be 16-bit PCM mono at 16000 or 8000 Hz (convert others with
+`sox in.wav -r 16000 -c 1 -b 16 out.wav`).
+
+options:
+  --realtime         pace the audio at real time (default: as fast as the socket takes it)
+";
+
+fn main() {
+    let usage = format!("{USAGE}{}", common::COMMON_OPTIONS);
+    let opts = common::parse_args(&usage, &["--realtime"], &[]);
+    let [path] = opts.positional.as_slice() else {
+        eprintln!("error: give exactly one WAV file (see --help)");
+        std::process::exit(2);
+    };
+    let mut wav = WavReader::open(path).unwrap_or_else(|e| common::fail(path, e));
+    let spec = wav.spec();
+    if spec.channels != 1 || !matches!(spec.sample_rate, 8000 | 16000) {
+        common::fail(
+            path,
+            format!(
+                "{} Hz with {} channels; 16-bit mono at 16000 or 8000 Hz is needed \
+                 (convert with `sox {path} -r 16000 -c 1 -b 16 out.wav`)",
+                spec.sample_rate, spec.channels
+            ),
+        );
+    }
+    let config = common::session_config(&opts, spec.sample_rate);
+    let (conv, _emulator) =
+        common::connect(&opts, &config).unwrap_or_else(|e| common::fail("connect", e));
+    let printer = common::spawn_printer(&conv, opts.json);
+
+    // One chunk's worth of bytes, reused for the whole file: the file is streamed, not loaded.
+    let chunk_samples = (spec.sample_rate * opts.chunk_ms / 1000) as usize;
+    let mut buf = vec![0u8; chunk_samples * 2];
+    let start = Instant::now();
+    let mut sent_ms = 0u64;
+    loop {
+        let n = wav
+            .read_bytes(&mut buf)
+            .unwrap_or_else(|e| common::fail(path, e));
+        if n == 0 {
+            break;
+        }
+        if let Err(e) = conv.append_bytes(&buf[..n]) {
+            common::fail("append", e);
+        }
+        sent_ms += (n / 2) as u64 * 1000 / u64::from(spec.sample_rate);
+        if opts.realtime {
+            let due = start + Duration::from_millis(sent_ms);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+    }
+    if opts.manual && sent_ms > 0 {
+        conv.commit().unwrap_or_else(|e| common::fail("commit", e));
+    }
+    let result = conv.end_session(common::END_SESSION_TIMEOUT);
+    drop(conv); // ends the event stream, so the printer finishes
+    let _ = printer.join();
+    if let Err(e) = result {
+        common::fail("end of session", e);
+    }
+}
