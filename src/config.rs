@@ -125,6 +125,89 @@ impl Default for Timeouts {
     }
 }
 
+/// Keepalive and dead-peer detection. A Wi-Fi link can die without TCP noticing for many
+/// minutes; a peer that answers nothing within `dead_peer_timeout` is treated as gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Keepalive {
+    /// WebSocket pings at this interval; `None` sends none. Default 10 s.
+    pub ping_interval: Option<Duration>,
+    /// No frame at all (pong or other) for this long means the link is dead. Default 20 s.
+    /// Only checked while pings are on: without them a quiet server is indistinguishable
+    /// from a dead one.
+    pub dead_peer_timeout: Duration,
+    /// TCP keepalive idle time on the socket (the kernel probes after it); `None` leaves the
+    /// socket's default. Default 30 s.
+    pub tcp_keepalive: Option<Duration>,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            ping_interval: Some(Duration::from_secs(10)),
+            dead_peer_timeout: Duration::from_secs(20),
+            tcp_keepalive: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Automatic reconnection. When the link dies or the server closes with a retryable code
+/// (1001, 1006, 1011, 1012, 1013, 1014, a reset, a timeout), a new connection is opened, the
+/// session configuration is sent again, and the audio whose result had not come back is
+/// replayed (see the README's Reliability section). Authentication and other permanent
+/// failures are not retried.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct ReconnectPolicy {
+    /// Attempts per outage before giving up. Default 10.
+    pub max_attempts: u32,
+    /// The wait before the first attempt; doubles with each failed one. Default 250 ms.
+    pub initial_backoff: Duration,
+    /// The longest wait between attempts. Default 10 s.
+    pub max_backoff: Duration,
+    /// Each wait is varied by up to this fraction either way, so that many devices losing
+    /// the same access point do not reconnect in lockstep. Default 0.2.
+    pub jitter: f64,
+    /// Sent audio kept for replay until its result comes back; older audio is let go and,
+    /// if a reconnect needed it, reported lost. Default 30 s.
+    pub replay_window: Duration,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        ReconnectPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(10),
+            jitter: 0.2,
+            replay_window: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ReconnectPolicy {
+    /// The wait before attempt `attempt` (1-based), before jitter.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// Which HTTP proxy to reach the service through (HTTP CONNECT).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Proxy {
+    /// From the environment, as curl reads it: `HTTPS_PROXY`/`https_proxy` for wss://,
+    /// `HTTP_PROXY`/`http_proxy` for ws://, then `ALL_PROXY`/`all_proxy`; hosts matching
+    /// `NO_PROXY`/`no_proxy`, and loopback, go direct. The default.
+    #[default]
+    Environment,
+    /// Always direct.
+    None,
+    /// Through this proxy (`http://[user:pass@]host:port`), for every host.
+    Url(String),
+}
+
 /// How to reach the service: the Java SDK's `OmniRealtimeParam` plus this crate's transport
 /// knobs.
 #[derive(Debug, Clone)]
@@ -160,6 +243,12 @@ pub struct ConnectParams {
     /// Events buffered for the caller before partial transcripts start to be coalesced.
     /// Default 1024.
     pub event_capacity: usize,
+    /// Keepalive and dead-peer detection.
+    pub keepalive: Keepalive,
+    /// Automatic reconnection; `None` (the default) ends the conversation when the link dies.
+    pub reconnect: Option<ReconnectPolicy>,
+    /// The proxy. Default [`Proxy::Environment`].
+    pub proxy: Proxy,
 }
 
 impl Default for ConnectParams {
@@ -177,6 +266,9 @@ impl Default for ConnectParams {
             max_frame_bytes: GATEWAY_MAX_FRAME_BYTES,
             send_queue_frames: 64,
             event_capacity: 1024,
+            keepalive: Keepalive::default(),
+            reconnect: None,
+            proxy: Proxy::Environment,
         }
     }
 }
@@ -227,6 +319,24 @@ impl ConnectParams {
     /// Trusts an extra root certificate (PEM).
     pub fn root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.root_certificates.push(pem.into());
+        self
+    }
+
+    /// Turns on automatic reconnection with this policy.
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
+    /// Sets keepalive and dead-peer detection.
+    pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+
+    /// Sets the proxy.
+    pub fn proxy(mut self, proxy: Proxy) -> Self {
+        self.proxy = proxy;
         self
     }
 

@@ -23,8 +23,10 @@ pub(crate) type Reply<T> = Sender<Result<T>>;
 
 /// What the handles ask of the I/O thread, in order.
 pub(crate) enum Command {
-    /// A client event to send as is; `audio_bytes` is the audio it carries (0 for commit).
+    /// An append frame carrying `audio_bytes` of audio.
     Frame { text: String, audio_bytes: u64 },
+    /// `input_audio_buffer.commit`.
+    Commit { text: String },
     /// `session.update`, optionally answered by `session.updated` or `error`.
     Update {
         text: String,
@@ -42,6 +44,7 @@ pub(crate) enum Command {
     /// Close the connection with this code.
     Close { code: u16, reason: String },
 }
+
 
 impl Command {
     pub(crate) fn audio_bytes(&self) -> u64 {
@@ -74,6 +77,8 @@ pub(crate) struct Shared {
     pub wake_pending: AtomicBool,
     /// No more commands are taken (set by the I/O thread on its way out).
     pub closed: AtomicBool,
+    /// The caller asked to close: a reconnect in progress gives up.
+    pub close_requested: AtomicBool,
     /// Senders between their `closed` check and the end of their send; the I/O thread waits
     /// for zero before counting what is left in the queue, so no audio is lost uncounted.
     pub senders_in_flight: AtomicUsize,
@@ -104,6 +109,19 @@ impl Shared {
 
     pub(crate) fn peer_close(&self) -> Option<(u16, String)> {
         lock(&self.peer_close).clone()
+    }
+
+    pub(crate) fn clear_peer_close(&self) {
+        *lock(&self.peer_close) = None;
+    }
+
+    pub(crate) fn session_id(&self) -> Option<String> {
+        lock(&self.session_id).clone()
+    }
+
+    /// Bytes of PCM per millisecond at the session's rate.
+    pub(crate) fn bytes_per_ms(&self) -> u64 {
+        u64::from(self.sample_rate.load(Ordering::Relaxed)) * 2 / 1000
     }
 
     /// Milliseconds of PCM audio in `bytes` at the session's rate (0 for Opus, whose duration
@@ -380,6 +398,7 @@ impl Conversation {
             wake: wake_tx,
             wake_pending: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            close_requested: AtomicBool::new(false),
             senders_in_flight: AtomicUsize::new(0),
             session_id: Mutex::new(None),
             peer_close: Mutex::new(None),
@@ -404,7 +423,8 @@ impl Conversation {
             commands: cmd_rx,
             events: ev_tx,
             shared: Arc::clone(&shared),
-            event_capacity: params.event_capacity,
+            params: params.clone(),
+            key,
         };
         let handle = std::thread::Builder::new()
             .name("qwen-asr-io".into())
@@ -522,9 +542,8 @@ impl Conversation {
         if self.shared.appended_since_commit.load(Ordering::SeqCst) == 0 {
             return Err(Error::EmptyCommit);
         }
-        self.shared.enqueue(Command::Frame {
+        self.shared.enqueue(Command::Commit {
             text: event::commit_json().0,
-            audio_bytes: 0,
         })?;
         self.shared.appended_since_commit.store(0, Ordering::SeqCst);
         Ok(())
@@ -578,6 +597,7 @@ impl Conversation {
     }
 
     fn close_with(&self, code: u16, reason: String) {
+        self.shared.close_requested.store(true, Ordering::SeqCst);
         // Fails only if the I/O thread is already on its way out.
         let _ = self.shared.enqueue(Command::Close { code, reason });
         if let Some(handle) = lock(&self.io).take() {
@@ -594,7 +614,7 @@ impl Conversation {
 
     /// The session id from `session.created` (`sess_…`).
     pub fn session_id(&self) -> Option<String> {
-        lock(&self.shared.session_id).clone()
+        self.shared.session_id()
     }
 
     /// Always `None`: responses are an Omni concept; ASR sessions have none (as in the SDKs).

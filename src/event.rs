@@ -111,6 +111,26 @@ pub enum EventKind {
         /// What failed, naming the device and the ALSA call.
         message: String,
     },
+    /// `client.reconnected`: the link died and a new session took over, with the audio
+    /// whose result had not come back replayed.
+    Reconnected {
+        /// Which attempt of this outage succeeded (1-based).
+        attempt: u32,
+        /// The session that was lost.
+        old_session_id: Option<String>,
+        /// The new session.
+        new_session_id: Option<String>,
+        /// Audio sent again, in milliseconds.
+        replayed_ms: u64,
+    },
+    /// `client.reconnect_failed`: the link died and could not be restored; `client.closed`
+    /// follows.
+    ReconnectFailed {
+        /// Attempts made in this outage.
+        attempts: u32,
+        /// Why the last one failed.
+        error: String,
+    },
 }
 
 /// The `session` object of `session.created` / `session.updated`.
@@ -333,6 +353,8 @@ impl Event {
             EventKind::AudioDropped { .. } => "client.audio_dropped",
             EventKind::CaptureOverrun { .. } => "client.capture_overrun",
             EventKind::CaptureError { .. } => "client.capture_error",
+            EventKind::Reconnected { .. } => "client.reconnected",
+            EventKind::ReconnectFailed { .. } => "client.reconnect_failed",
         }
     }
 
@@ -371,6 +393,21 @@ impl Event {
             }
             EventKind::CaptureError { message } => {
                 o.insert("message".into(), message.as_str().into());
+            }
+            EventKind::Reconnected {
+                attempt,
+                old_session_id,
+                new_session_id,
+                replayed_ms,
+            } => {
+                o.insert("attempt".into(), (*attempt).into());
+                o.insert("old_session_id".into(), old_session_id.clone().into());
+                o.insert("new_session_id".into(), new_session_id.clone().into());
+                o.insert("replayed_ms".into(), (*replayed_ms).into());
+            }
+            EventKind::ReconnectFailed { attempts, error } => {
+                o.insert("attempts".into(), (*attempts).into());
+                o.insert("error".into(), error.as_str().into());
             }
             _ => {}
         }

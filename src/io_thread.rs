@@ -1,7 +1,8 @@
 //! The I/O thread: the only owner of the socket (tungstenite cannot be read and written from
 //! two threads). It sleeps in `poll(2)` on the socket and a wake-up socket that command
-//! senders signal, so an idle conversation costs no CPU and an append reaches the wire as soon
-//! as it is queued.
+//! senders signal, with the next keepalive deadline as its only timeout, so an idle
+//! conversation costs no CPU and an append reaches the wire as soon as it is queued. When the
+//! link dies it reconnects, if asked to, and replays what had no result yet.
 
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
@@ -14,18 +15,24 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
-use tungstenite::Message;
+use tungstenite::{Bytes, Message, Utf8Bytes};
 
+use crate::config::{ApiKey, ConnectParams};
 use crate::conversation::{Command, Reply, Shared};
 use crate::error::Error;
-use crate::event::{Event, EventKind, Session};
-use crate::transport::Socket;
+use crate::event::{self, Event, EventKind, Session};
+use crate::replay::Replay;
+use crate::transport::{self, Opened, Socket};
 
 /// How long we wait for the peer to answer our close frame before dropping the socket.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
 /// While the caller is behind on events and a partial is held back, how often we look again.
 const HELD_PARTIAL_RETRY: Duration = Duration::from_millis(50);
+
+/// Close codes after which a new connection may well work (RFC 6455 §7.4.1 and IANA):
+/// going away, abnormal end, server error, restart, try again later, bad gateway.
+const RETRYABLE_CLOSE_CODES: [u16; 6] = [1001, 1006, 1011, 1012, 1013, 1014];
 
 pub(crate) struct IoThread {
     pub socket: Socket,
@@ -34,11 +41,12 @@ pub(crate) struct IoThread {
     pub commands: Receiver<Command>,
     pub events: Sender<Event>,
     pub shared: Arc<Shared>,
-    pub event_capacity: usize,
+    pub params: ConnectParams,
+    pub key: ApiKey,
 }
 
-/// Waiters for the replies that `update_session` and `end_session` block on.
-/// Each with the `event_id` of the request, to tell its error from other errors.
+/// Waiters for the replies that `update_session` and `end_session` block on, each with the
+/// `event_id` of its request, to tell its error from other errors.
 #[derive(Default)]
 struct Waiters {
     update: Option<(String, Reply<Session>)>,
@@ -117,34 +125,120 @@ impl EventOut {
     }
 }
 
+/// What the conversation carries from one connection to the next.
+struct State {
+    out: EventOut,
+    waiters: Waiters,
+    /// Sent audio without a result yet; only kept when reconnecting is on.
+    replay: Option<Replay>,
+    /// The last `session.update` sent, to configure a new session the same way.
+    last_update: Option<Utf8Bytes>,
+    /// `session.finish` was sent and `session.finished` has not come.
+    finish_sent: bool,
+}
+
+/// How a connection ended.
+enum LinkEnd {
+    /// The caller closed it (or the server's end after our close).
+    Closed(u16, String),
+    /// The peer or the network ended it; `retryable` if a new connection may work.
+    Lost {
+        code: u16,
+        reason: String,
+        retryable: bool,
+    },
+}
+
 enum Flow {
-    Continue,
-    /// The connection is over: the close code and reason to report.
-    Ended(u16, String),
+    Continue { got_frames: bool },
+    Ended(LinkEnd),
+}
+
+fn lost(code: u16, reason: String) -> LinkEnd {
+    LinkEnd::Lost {
+        retryable: RETRYABLE_CLOSE_CODES.contains(&code),
+        code,
+        reason,
+    }
+}
+
+/// Permanent failures: retrying cannot help, and a retry loop against a rejected key only
+/// gets the device rate-limited.
+fn is_retryable(e: &Error) -> bool {
+    !matches!(
+        e,
+        Error::Authentication { .. }
+            | Error::ModelMismatch { .. }
+            | Error::InvalidUrl { .. }
+            | Error::InvalidConfig { .. }
+            | Error::NoApiKey
+    )
+}
+
+/// A factor in [1 - jitter, 1 + jitter], from std's randomly keyed hasher.
+fn jittered(d: Duration, jitter: f64) -> Duration {
+    use std::collections::hash_map::RandomState;
+    use std::hash::BuildHasher;
+    let unit = (RandomState::new().hash_one(Instant::now()) >> 11) as f64 / (1u64 << 53) as f64;
+    let jitter = jitter.clamp(0.0, 1.0);
+    d.mul_f64(1.0 - jitter + 2.0 * jitter * unit)
 }
 
 impl IoThread {
     pub fn run(mut self) {
-        let mut out = EventOut {
-            tx: self.events.clone(),
-            capacity: self.event_capacity,
-            held: None,
+        let mut st = State {
+            out: EventOut {
+                tx: self.events.clone(),
+                capacity: self.params.event_capacity,
+                held: None,
+            },
+            waiters: Waiters::default(),
+            replay: self.params.reconnect.map(|p| {
+                let bpm = self.shared.bytes_per_ms();
+                Replay::new(p.replay_window.as_millis() as u64 * bpm, bpm)
+            }),
+            last_update: None,
+            finish_sent: false,
         };
-        let mut waiters = Waiters::default();
-        let (code, reason) = self.serve(&mut out, &mut waiters);
-        waiters.fail_all(code, &reason);
-        let dropped_bytes = self.shutdown_queue();
-        if dropped_bytes > 0 {
-            let ms = self.shared.bytes_to_ms(dropped_bytes);
+        let (code, reason) = loop {
+            match self.serve(&mut st) {
+                LinkEnd::Closed(code, reason) => break (code, reason),
+                LinkEnd::Lost {
+                    code,
+                    reason,
+                    retryable,
+                } => {
+                    if !retryable || self.params.reconnect.is_none() {
+                        break (code, reason);
+                    }
+                    if let Some(end) = self.reconnect(&mut st, code, &reason) {
+                        break end;
+                    }
+                }
+            }
+        };
+        st.waiters.fail_all(code, &reason);
+        let queued = self.shutdown_queue();
+        if queued > 0 {
+            let ms = self.shared.bytes_to_ms(queued);
             log::warn!("{ms} ms of queued audio was not sent: the connection closed");
-            out.push(Event::client(EventKind::AudioDropped {
+            st.out.push(Event::client(EventKind::AudioDropped {
                 ms,
                 reason: format!("the connection closed (code {code}) before it was sent"),
             }));
         }
-        out.flush();
+        if let Some(replay) = &mut st.replay {
+            let lost = replay.unacked_ms() + replay.take_lost_ms();
+            if lost > 0 && !self.shared.close_requested.load(Ordering::SeqCst) {
+                st.out.push(Event::client(EventKind::AudioDropped {
+                    ms: lost,
+                    reason: "sent, but the connection failed before its result came back".into(),
+                }));
+            }
+        }
+        st.out.flush();
         log::info!("connection closed ({code} {reason})");
-        out.push(Event::client(EventKind::Closed { code, reason }));
+        st.out.push(Event::client(EventKind::Closed { code, reason }));
     }
 
     /// Stops accepting commands and counts the audio still queued, so its loss is reported
@@ -158,9 +252,7 @@ impl IoThread {
                 dropped += cmd.audio_bytes();
                 cmd.fail();
             }
-            if self.shared.senders_in_flight.load(Ordering::SeqCst) == 0
-                || Instant::now() > deadline
-            {
+            if self.shared.senders_in_flight.load(Ordering::SeqCst) == 0 || Instant::now() > deadline {
                 break;
             }
             std::thread::yield_now();
@@ -172,22 +264,50 @@ impl IoThread {
         dropped
     }
 
-    fn serve(&mut self, out: &mut EventOut, waiters: &mut Waiters) -> (u16, String) {
+    /// Runs one connection until it ends.
+    fn serve(&mut self, st: &mut State) -> LinkEnd {
         if let Err(e) = self.tcp.set_nonblocking(true) {
-            return (1006, format!("cannot make the socket non-blocking: {e}"));
+            return lost(1006, format!("cannot make the socket non-blocking: {e}"));
         }
+        let ka = self.params.keepalive;
+        let mut last_rx = Instant::now();
+        let mut next_ping = ka.ping_interval.map(|i| Instant::now() + i);
         // Set when we sent a close frame: the code to report, and how long to wait for the echo.
         let mut closing: Option<(u16, String, Instant)> = None;
         let mut write_blocked = false;
         loop {
-            if let Flow::Ended(code, reason) = self.read_all(out, waiters) {
-                return match closing {
-                    Some((ours, why, _)) => (ours, why),
-                    None => (code, reason),
-                };
+            match self.read_all(st) {
+                Flow::Ended(end) => {
+                    return match closing {
+                        Some((ours, why, _)) => LinkEnd::Closed(ours, why),
+                        None => end,
+                    }
+                }
+                Flow::Continue { got_frames: true } => last_rx = Instant::now(),
+                Flow::Continue { got_frames: false } => {}
+            }
+            let now = Instant::now();
+            if let (Some(interval), None) = (ka.ping_interval, &closing) {
+                if now.duration_since(last_rx) >= ka.dead_peer_timeout {
+                    let reason = format!(
+                        "nothing from the server for {:.1} s (dead_peer_timeout)",
+                        ka.dead_peer_timeout.as_secs_f64()
+                    );
+                    log::warn!("{reason}");
+                    return lost(1006, reason);
+                }
+                if next_ping.is_some_and(|t| now >= t) {
+                    if let Err(e) = self.socket.write(Message::Ping(Bytes::new())) {
+                        if !matches!(&e, tungstenite::Error::Io(io) if io.kind() == ErrorKind::WouldBlock) {
+                            return lost(1006, format!("ping failed: {e}"));
+                        }
+                    }
+                    write_blocked = self.flush_blocked();
+                    next_ping = Some(now + interval);
+                }
             }
             if closing.is_none() {
-                match self.write_commands(out, waiters, &mut write_blocked) {
+                match self.write_commands(st, &mut write_blocked) {
                     Ok(Some((code, reason))) => {
                         let frame = CloseFrame {
                             code: CloseCode::from(code),
@@ -199,20 +319,28 @@ impl IoThread {
                         closing = Some((code, reason, Instant::now() + CLOSE_HANDSHAKE));
                     }
                     Ok(None) => {}
-                    Err((code, reason)) => return (code, reason),
+                    Err(end) => return end,
                 }
             } else {
                 write_blocked = self.flush_blocked();
             }
-            let held = out.retry_held();
-            let mut timeout: Option<Duration> = held.then_some(HELD_PARTIAL_RETRY);
-            if let Some((code, reason, deadline)) = &closing {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return (*code, reason.clone());
-                }
-                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            let mut deadlines: Vec<Instant> = Vec::with_capacity(4);
+            if st.out.retry_held() {
+                deadlines.push(Instant::now() + HELD_PARTIAL_RETRY);
             }
+            if let Some((code, reason, deadline)) = &closing {
+                if Instant::now() >= *deadline {
+                    return LinkEnd::Closed(*code, reason.clone());
+                }
+                deadlines.push(*deadline);
+            } else if ka.ping_interval.is_some() {
+                deadlines.extend(next_ping);
+                deadlines.push(last_rx + ka.dead_peer_timeout);
+            }
+            let timeout = deadlines
+                .into_iter()
+                .min()
+                .map(|d| d.saturating_duration_since(Instant::now()));
             self.wait(write_blocked, closing.is_none(), timeout);
         }
     }
@@ -228,40 +356,22 @@ impl IoThread {
     }
 
     /// Reads every message available without blocking.
-    fn read_all(&mut self, out: &mut EventOut, waiters: &mut Waiters) -> Flow {
+    fn read_all(&mut self, st: &mut State) -> Flow {
+        let mut got_frames = false;
         loop {
-            match self.socket.read() {
-                Ok(Message::Text(text)) => {
-                    let event = Event::parse(text.as_str().to_owned());
-                    self.on_event(&event, waiters);
-                    log::debug!("event {}", event.type_name());
-                    out.push(event);
-                }
-                Ok(Message::Binary(b)) => {
-                    log::warn!("the server sent a binary frame of {} bytes", b.len());
-                    out.push(Event::client(EventKind::Binary { len: b.len() }));
-                }
-                Ok(Message::Close(frame)) => {
-                    // tungstenite queues the echo; the next read returns ConnectionClosed.
-                    let (code, reason) = frame
-                        .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
-                        .unwrap_or((1005, String::new()));
-                    self.shared.set_peer_close(code, &reason);
-                }
-                Ok(_) => {} // ping (answered by tungstenite), pong, raw frame
+            let message = match self.socket.read() {
+                Ok(m) => m,
                 Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
-                    return Flow::Continue
+                    return Flow::Continue { got_frames };
                 }
-                Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::Interrupted => {}
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    let (code, reason) = self.shared.peer_close().unwrap_or((1006, String::new()));
-                    return Flow::Ended(code, reason);
-                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(tungstenite::Error::Utf8(e)) => {
                     // The frame is consumed; the stream itself is intact.
-                    out.push(Event::client(EventKind::Malformed {
+                    got_frames = true;
+                    st.out.push(Event::client(EventKind::Malformed {
                         reason: format!("a text frame that is not UTF-8: {e}"),
                     }));
+                    continue;
                 }
                 Err(tungstenite::Error::Capacity(e)) => {
                     let reason = format!("incoming message too large: {e}");
@@ -271,21 +381,56 @@ impl IoThread {
                         reason: "message too large".into(),
                     }));
                     let _ = self.socket.flush();
-                    return Flow::Ended(1009, reason);
+                    // Not retryable: the same server would send the same message again.
+                    return Flow::Ended(LinkEnd::Lost {
+                        code: 1009,
+                        reason,
+                        retryable: false,
+                    });
                 }
                 Err(e) => {
-                    let (code, reason) = self
-                        .shared
-                        .peer_close()
-                        .unwrap_or_else(|| (1006, e.to_string()));
-                    return Flow::Ended(code, reason);
+                    let (code, reason) = match self.shared.peer_close() {
+                        Some(close) => close,
+                        None => match e {
+                            tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+                                (1006, "the connection ended without a close frame".into())
+                            }
+                            e => (1006, e.to_string()),
+                        },
+                    };
+                    return Flow::Ended(lost(code, reason));
                 }
+            };
+            got_frames = true;
+            match message {
+                Message::Text(text) => {
+                    let event = Event::parse(text.as_str().to_owned());
+                    self.on_event(&event, st);
+                    log::debug!("event {}", event.type_name());
+                    st.out.push(event);
+                }
+                Message::Binary(b) => {
+                    log::warn!("the server sent a binary frame of {} bytes", b.len());
+                    st.out.push(Event::client(EventKind::Binary { len: b.len() }));
+                }
+                Message::Close(frame) => {
+                    // tungstenite queues the echo; the next read returns ConnectionClosed.
+                    let (code, reason) = frame
+                        .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
+                        .unwrap_or((1005, String::new()));
+                    self.shared.set_peer_close(code, &reason);
+                }
+                _ => {} // ping (answered by tungstenite), pong, raw frame
             }
         }
     }
 
     /// Bookkeeping that must happen before the caller sees the event.
-    fn on_event(&mut self, event: &Event, waiters: &mut Waiters) {
+    fn on_event(&mut self, event: &Event, st: &mut State) {
+        if let Some(replay) = &mut st.replay {
+            replay.observe(&event.kind);
+        }
+        let waiters = &mut st.waiters;
         match &event.kind {
             EventKind::SessionCreated(s) => {
                 if let Some(id) = &s.id {
@@ -298,6 +443,7 @@ impl IoThread {
                 }
             }
             EventKind::SessionFinished => {
+                st.finish_sent = false;
                 if let Some((_, w)) = waiters.finish.take() {
                     let _ = w.send(Ok(()));
                 }
@@ -327,13 +473,11 @@ impl IoThread {
 
     /// Sends queued commands while the socket takes them. Returns a close request, or the
     /// connection's end if writing failed.
-    #[allow(clippy::type_complexity)]
     fn write_commands(
         &mut self,
-        out: &mut EventOut,
-        waiters: &mut Waiters,
+        st: &mut State,
         write_blocked: &mut bool,
-    ) -> std::result::Result<Option<(u16, String)>, (u16, String)> {
+    ) -> Result<Option<(u16, String)>, LinkEnd> {
         self.drain_wake();
         loop {
             if *write_blocked {
@@ -348,14 +492,29 @@ impl IoThread {
                 Err(TryRecvError::Empty) => return Ok(None),
                 Err(TryRecvError::Disconnected) => return Ok(Some((1000, "bye".into()))),
             };
-            let text = match cmd {
-                Command::Frame { text, .. } => text,
+            let text: Utf8Bytes = match cmd {
+                Command::Frame { text, audio_bytes } => {
+                    let text = Utf8Bytes::from(text);
+                    if let Some(replay) = &mut st.replay {
+                        replay.set_bytes_per_ms(self.shared.bytes_per_ms());
+                        replay.audio(text.clone(), audio_bytes);
+                    }
+                    text
+                }
+                Command::Commit { text } => {
+                    if let Some(replay) = &mut st.replay {
+                        replay.commit();
+                    }
+                    text.into()
+                }
                 Command::Update {
                     text,
                     event_id,
                     reply,
                 } => {
-                    waiters.update = reply.map(|r| (event_id, r));
+                    st.waiters.update = reply.map(|r| (event_id, r));
+                    let text = Utf8Bytes::from(text);
+                    st.last_update = Some(text.clone());
                     text
                 }
                 Command::Finish {
@@ -363,21 +522,22 @@ impl IoThread {
                     event_id,
                     reply,
                 } => {
-                    waiters.finish = reply.map(|r| (event_id, r));
-                    text
+                    st.waiters.finish = reply.map(|r| (event_id, r));
+                    st.finish_sent = true;
+                    text.into()
                 }
                 Command::Notify(event) => {
-                    out.push(event);
+                    st.out.push(event);
                     continue;
                 }
                 Command::Close { code, reason } => return Ok(Some((code, reason))),
             };
-            match self.socket.write(Message::Text(text.into())) {
+            match self.socket.write(Message::Text(text)) {
                 Ok(()) => {}
                 Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => {
                     let (code, reason) = self.shared.peer_close().unwrap_or((1006, e.to_string()));
-                    return Err((code, reason));
+                    return Err(lost(code, reason));
                 }
             }
             *write_blocked = self.flush_blocked();
@@ -396,33 +556,199 @@ impl IoThread {
     /// Sleeps until the socket is readable (or writable, when a write is pending), a command
     /// arrives, or the timeout passes.
     fn wait(&self, want_write: bool, want_commands: bool, timeout: Option<Duration>) {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.tcp.as_raw_fd(),
-                events: libc::POLLIN | if want_write { libc::POLLOUT } else { 0 },
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.wake.as_raw_fd(),
-                // While a write is pending, new commands could not be sent anyway.
-                events: if want_commands && !want_write {
-                    libc::POLLIN
-                } else {
-                    0
-                },
-                revents: 0,
-            },
-        ];
-        let ms = timeout.map_or(-1, |t| t.as_millis().clamp(1, i32::MAX as u128) as i32);
-        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if rc < 0 {
-            // EINTR: just go round again. Anything else would repeat at once; log it.
-            let e = std::io::Error::last_os_error();
-            if e.kind() != ErrorKind::Interrupted {
-                log::error!("poll failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
+        let socket = Some((self.tcp.as_raw_fd(), want_write));
+        poll(socket, (want_commands && !want_write).then_some(self.wake.as_raw_fd()), timeout);
+    }
+
+    /// Replaces a lost connection: waits (backing off, with jitter), opens a new one, and
+    /// resumes the session on it. `None` on success, else how the conversation ends.
+    fn reconnect(&mut self, st: &mut State, code: u16, reason: &str) -> Option<(u16, String)> {
+        let policy = self.params.reconnect?;
+        let old_session_id = self.shared.session_id();
+        log::warn!("connection lost ({code} {reason}); reconnecting");
+        let mut last_error = format!("connection lost ({code} {reason})");
+        for attempt in 1..=policy.max_attempts {
+            if self.sleep_unless_closed(jittered(policy.backoff(attempt), policy.jitter)) {
+                return Some((code, reason.to_owned()));
             }
+            let result = transport::open(&self.params, &self.key).and_then(|opened| self.resume(st, opened));
+            match result {
+                Ok(replayed_ms) => {
+                    let new_session_id = self.shared.session_id();
+                    log::info!(
+                        "reconnected on attempt {attempt}: session {} replaces {}, {replayed_ms} ms replayed",
+                        new_session_id.as_deref().unwrap_or("?"),
+                        old_session_id.as_deref().unwrap_or("?")
+                    );
+                    st.out.push(Event::client(EventKind::Reconnected {
+                        attempt,
+                        old_session_id,
+                        new_session_id,
+                        replayed_ms,
+                    }));
+                    if let Some(lost_ms) = st.replay.as_mut().map(Replay::take_lost_ms).filter(|&m| m > 0) {
+                        st.out.push(Event::client(EventKind::AudioDropped {
+                            ms: lost_ms,
+                            reason: format!(
+                                "older than the {:.0} s replay window when the connection was lost",
+                                policy.replay_window.as_secs_f64()
+                            ),
+                        }));
+                    }
+                    return None;
+                }
+                Err(e) => {
+                    log::warn!("reconnect attempt {attempt} failed: {e}");
+                    last_error = e.to_string();
+                    if !is_retryable(&e) {
+                        st.out.push(Event::client(EventKind::ReconnectFailed {
+                            attempts: attempt,
+                            error: last_error.clone(),
+                        }));
+                        return Some((code, reason.to_owned()));
+                    }
+                }
+            }
+        }
+        log::error!("giving up after {} reconnect attempts: {last_error}", policy.max_attempts);
+        st.out.push(Event::client(EventKind::ReconnectFailed {
+            attempts: policy.max_attempts,
+            error: last_error,
+        }));
+        Some((code, reason.to_owned()))
+    }
+
+    /// Sleeps for `d` unless the caller closes meanwhile; true if they did.
+    fn sleep_unless_closed(&mut self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        loop {
+            if self.shared.close_requested.load(Ordering::SeqCst) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            poll(None, Some(self.wake.as_raw_fd()), Some(left));
+            // The commands these wake-ups announce stay queued for the new connection: serve()
+            // looks at the queue first thing.
+            let mut buf = [0u8; 64];
+            while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
+            self.shared.wake_pending.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Takes over a new connection: the caller sees its `session.created`, the session is
+    /// configured as before, and the audio without a result (with its commits, and the finish
+    /// if one was pending) is sent again. Returns the milliseconds replayed.
+    fn resume(&mut self, st: &mut State, opened: Opened) -> Result<u64, Error> {
+        let Opened {
+            mut socket,
+            tcp,
+            created,
+        } = opened;
+        self.shared.clear_peer_close();
+        self.on_event(&created, st);
+        st.out.push(created);
+        let t = self.params.timeouts;
+        let io = |phase| move |source| Error::Io { phase, source };
+        tcp.set_write_timeout(Some(t.handshake)).map_err(io(crate::Phase::Handshake))?;
+        if let Some(update) = st.last_update.clone() {
+            let deadline = Instant::now() + t.session_updated;
+            send_blocking(&mut socket, Message::Text(update))?;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::Timeout {
+                        phase: crate::Phase::SessionUpdated,
+                        after: t.session_updated,
+                    });
+                }
+                tcp.set_read_timeout(Some(left)).map_err(io(crate::Phase::SessionUpdated))?;
+                let event = match socket.read() {
+                    Ok(Message::Text(text)) => Event::parse(text.as_str().to_owned()),
+                    Ok(_) => continue,
+                    Err(tungstenite::Error::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+                    Err(e) => return Err(Error::Handshake(format!("while resuming the session: {e}"))),
+                };
+                self.on_event(&event, st);
+                let done = match &event.kind {
+                    EventKind::SessionUpdated(_) => true,
+                    EventKind::Error(e) => return Err(Error::Server(e.clone())),
+                    _ => false,
+                };
+                st.out.push(event);
+                if done {
+                    break;
+                }
+            }
+        }
+        let (frames, replayed_ms) = match &mut st.replay {
+            Some(r) => r.start_session(),
+            None => (Vec::new(), 0),
+        };
+        for frame in frames {
+            let text = frame.unwrap_or_else(|| event::commit_json().0.into());
+            socket.write(Message::Text(text)).map_err(ws_error)?;
+        }
+        if st.finish_sent {
+            let (text, event_id) = event::finish_json();
+            if let Some((id, _)) = &mut st.waiters.finish {
+                *id = event_id;
+            }
+            socket.write(Message::Text(text.into())).map_err(ws_error)?;
+        }
+        socket.flush().map_err(ws_error)?;
+        tcp.set_read_timeout(None).map_err(io(crate::Phase::Handshake))?;
+        tcp.set_write_timeout(None).map_err(io(crate::Phase::Handshake))?;
+        self.socket = socket;
+        self.tcp = tcp;
+        Ok(replayed_ms)
+    }
+}
+
+fn ws_error(e: tungstenite::Error) -> Error {
+    match e {
+        tungstenite::Error::Io(source) => Error::Io {
+            phase: crate::Phase::Handshake,
+            source,
+        },
+        e => Error::Handshake(e.to_string()),
+    }
+}
+
+fn send_blocking(socket: &mut Socket, m: Message) -> Result<(), Error> {
+    socket.send(m).map_err(ws_error)
+}
+
+/// poll(2) on an optional socket (readable, and writable if asked) and an optional wake-up
+/// fd; returns when one is ready or the timeout passes (`None`: no timeout).
+fn poll(socket: Option<(i32, bool)>, wake: Option<i32>, timeout: Option<Duration>) {
+    let mut fds = [
+        libc::pollfd {
+            fd: socket.map_or(-1, |(fd, _)| fd),
+            events: libc::POLLIN | if socket.is_some_and(|(_, w)| w) { libc::POLLOUT } else { 0 },
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // Round up: a deadline 0.4 ms away must not become a busy 0 ms poll.
+    let ms = timeout.map_or(-1, |t| {
+        (t.as_micros().div_ceil(1000)).clamp(1, i32::MAX as u128) as i32
+    });
+    // SAFETY: `fds` is a valid array of two pollfd for the duration of the call; negative
+    // fds are ignored by poll.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != ErrorKind::Interrupted {
+            // Cannot happen with valid fds; sleep briefly rather than spin if it ever does.
+            log::error!("poll failed: {e}");
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }

@@ -8,6 +8,8 @@ pub mod conversation;
 pub mod error;
 pub mod event;
 mod io_thread;
+mod proxy;
+mod replay;
 pub mod transport;
 pub mod wav;
 
@@ -19,7 +21,10 @@ pub mod resample;
 pub mod emulator;
 
 pub use callback::{Callback, CallbackThread};
-pub use config::{ApiKey, AudioFormat, ConnectParams, SessionConfig, Timeouts, TurnDetection};
+pub use config::{
+    ApiKey, AudioFormat, ConnectParams, Keepalive, Proxy, ReconnectPolicy, SessionConfig, Timeouts,
+    TurnDetection,
+};
 pub use conversation::{AudioSender, Conversation};
 pub use error::{Error, Phase, Result, TryAppendError};
 pub use event::{Completed, Event, EventKind, Failed, Partial, ServerError, Session, Usage};

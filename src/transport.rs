@@ -16,6 +16,7 @@ use tungstenite::{Message, WebSocket};
 use crate::config::{ApiKey, ConnectParams};
 use crate::error::{Error, Phase, Result};
 use crate::event::{Event, EventKind};
+use crate::proxy;
 
 /// The socket type the I/O thread owns.
 pub(crate) type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
@@ -127,9 +128,9 @@ pub(crate) fn build_request(
     Ok(req)
 }
 
-fn connect_tcp(target: &Target, timeout: Duration) -> Result<TcpStream> {
+fn connect_tcp(host: &str, port: u16, timeout: Duration) -> Result<TcpStream> {
     let deadline = Instant::now() + timeout;
-    let addrs: Vec<SocketAddr> = (target.host.as_str(), target.port)
+    let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map_err(|source| Error::Io {
             phase: Phase::Connect,
@@ -163,6 +164,35 @@ fn connect_tcp(target: &Target, timeout: Duration) -> Result<TcpStream> {
         phase: Phase::Connect,
         source: last,
     })
+}
+
+/// TCP keepalive: the kernel probes an idle connection after `idle`, then every 5 s, and
+/// gives up after 3 unanswered probes, so a dead link is noticed even with pings off.
+fn set_tcp_keepalive(tcp: &TcpStream, idle: Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = tcp.as_raw_fd();
+    let idle_s = idle.as_secs().clamp(1, i32::MAX as u64) as libc::c_int;
+    for (level, name, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle_s),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
+    ] {
+        // SAFETY: a valid socket fd and a pointer to a c_int that lives through the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -262,16 +292,38 @@ pub(crate) fn open(params: &ConnectParams, key: &ApiKey) -> Result<Opened> {
     let url = params.request_url();
     let target = parse_target(params, &url)?;
     let request = build_request(params, key)?;
-    let tcp = connect_tcp(&target, params.timeouts.connect)?;
+    let proxy = proxy::choose(
+        &params.proxy,
+        target.tls,
+        &target.host,
+        is_loopback(&target.host),
+        |name| std::env::var(name).ok(),
+    )?;
+    let mut tcp = match &proxy {
+        Some(p) => connect_tcp(&p.host, p.port, params.timeouts.connect)?,
+        None => connect_tcp(&target.host, target.port, params.timeouts.connect)?,
+    };
     let io_err = |phase| move |source| Error::Io { phase, source };
     // Appends are small and latency matters more than packet count.
     tcp.set_nodelay(true).map_err(io_err(Phase::Connect))?;
+    if let Some(idle) = params.keepalive.tcp_keepalive {
+        set_tcp_keepalive(&tcp, idle).map_err(io_err(Phase::Connect))?;
+    }
     let poll_handle = tcp.try_clone().map_err(io_err(Phase::Connect))?;
     let deadline = Instant::now() + params.timeouts.handshake;
     tcp.set_read_timeout(Some(params.timeouts.handshake))
         .map_err(io_err(Phase::Handshake))?;
     tcp.set_write_timeout(Some(params.timeouts.handshake))
         .map_err(io_err(Phase::Handshake))?;
+    if let Some(p) = &proxy {
+        proxy::connect_tunnel(&mut tcp, p, &target.host, target.port).map_err(|e| match e {
+            Error::Io { source, .. } if is_timeout(&source) => Error::Timeout {
+                phase: Phase::Handshake,
+                after: params.timeouts.handshake,
+            },
+            e => e,
+        })?;
+    }
     let mut socket = upgrade(params, &target, request, tcp)?;
     if Instant::now() > deadline {
         return Err(Error::Timeout {
