@@ -96,7 +96,10 @@ impl Resampler {
     /// Fails with [`Error::InvalidConfig`] for a zero or absurd rate or channel count, or a
     /// pair of rates whose ratio needs more than [`MAX_PHASES`] filter phases.
     pub fn new(in_rate: u32, in_channels: u32, out_rate: u32) -> Result<Resampler> {
-        for (field, rate) in [("resample.in_rate", in_rate), ("resample.out_rate", out_rate)] {
+        for (field, rate) in [
+            ("resample.in_rate", in_rate),
+            ("resample.out_rate", out_rate),
+        ] {
             if rate == 0 || rate > MAX_RATE_HZ {
                 return Err(Error::InvalidConfig {
                     field,
@@ -128,7 +131,12 @@ impl Resampler {
                     ),
                 });
             }
-            Kind::Filter(Polyphase::new(in_rate, out_rate, up as usize, down as usize))
+            Kind::Filter(Polyphase::new(
+                in_rate,
+                out_rate,
+                up as usize,
+                down as usize,
+            ))
         };
         Ok(Resampler {
             in_rate,
@@ -393,9 +401,7 @@ mod tests {
     }
 
     fn zero_crossings(v: &[i16]) -> usize {
-        v.windows(2)
-            .filter(|w| (w[0] < 0) != (w[1] < 0))
-            .count()
+        v.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count()
     }
 
     fn db(ratio: f64) -> f64 {
@@ -421,7 +427,10 @@ mod tests {
         let out = convert(in_rate, ch, out_rate, &input);
         let s = steady(&out, out_rate);
         let zc = zero_crossings(s);
-        assert!((1998..=2002).contains(&zc), "{in_rate}->{out_rate}: {zc} crossings");
+        assert!(
+            (1998..=2002).contains(&zc),
+            "{in_rate}->{out_rate}: {zc} crossings"
+        );
         // The downmix of channels scaled 1, 0.75, ... is the mean of those scales.
         let mean_scale = (0..ch).map(|c| 1.0 - 0.25 * f64::from(c)).sum::<f64>() / f64::from(ch);
         let want = amp * mean_scale / 2f64.sqrt();
@@ -507,7 +516,12 @@ mod tests {
 
     #[test]
     fn output_length_follows_the_ratio() {
-        for (inr, outr) in [(48_000, 16_000), (44_100, 16_000), (22_050, 16_000), (11_025, 8_000)] {
+        for (inr, outr) in [
+            (48_000, 16_000),
+            (44_100, 16_000),
+            (22_050, 16_000),
+            (11_025, 8_000),
+        ] {
             let input = vec![0i16; inr as usize];
             let out = convert(inr, 1, outr, &input);
             // All of one second is out, less what the filter still needs to see.
@@ -531,12 +545,20 @@ mod tests {
     fn full_scale_input_does_not_wrap() {
         // A full-scale square wave overshoots after filtering (Gibbs); it must clip, not wrap.
         let input: Vec<i16> = (0..48_000)
-            .map(|i| if (i / 24) % 2 == 0 { i16::MAX } else { i16::MIN })
+            .map(|i| {
+                if (i / 24) % 2 == 0 {
+                    i16::MAX
+                } else {
+                    i16::MIN
+                }
+            })
             .collect();
         let out = convert(48_000, 1, 16_000, &input);
         let s = &out[100..];
         // Wrapping would put large values of the wrong sign next to each other.
-        assert!(s.windows(2).all(|w| (i32::from(w[0]) - i32::from(w[1])).abs() < 40_000));
+        assert!(s
+            .windows(2)
+            .all(|w| (i32::from(w[0]) - i32::from(w[1])).abs() < 40_000));
     }
 
     #[test]
@@ -559,7 +581,9 @@ mod tests {
                 per_sec * 1000.0
             );
         }
-        for f in [7_000.0, 7_600.0, 8_000.0, 8_500.0, 9_000.0, 12_000.0, 20_000.0] {
+        for f in [
+            7_000.0, 7_600.0, 8_000.0, 8_500.0, 9_000.0, 12_000.0, 20_000.0,
+        ] {
             let input = tone(f, 48_000, 1, 1.3, 10_000.0);
             let out = convert(48_000, 1, 16_000, &input);
             let att = db(rms(steady(&out, 16_000)).max(0.5) / (10_000.0 / 2f64.sqrt()));

@@ -1,1 +1,0 @@
-//! ALSA microphone capture (being written).
