@@ -45,7 +45,6 @@ pub(crate) enum Command {
     Close { code: u16, reason: String },
 }
 
-
 impl Command {
     pub(crate) fn audio_bytes(&self) -> u64 {
         match self {
@@ -307,20 +306,39 @@ pub struct AudioSender {
 }
 
 impl AudioSender {
-    /// Queues 16-bit PCM samples, waiting while the outgoing queue is full.
+    /// Queues 16-bit PCM samples, waiting while the outgoing queue is full. Refused in an
+    /// Opus session.
     pub fn append_pcm(&self, samples: &[i16]) -> Result<()> {
+        self.check_pcm_session()?;
         with_le_bytes(samples, |b| self.shared.append(b, true)).map_err(into_error)
     }
 
     /// Queues 16-bit PCM samples if the queue has room for all of them; on
     /// [`TryAppendError::Full`] nothing was taken.
     pub fn try_append_pcm(&self, samples: &[i16]) -> Result<(), TryAppendError> {
+        self.check_pcm_session()?;
         with_le_bytes(samples, |b| self.shared.append(b, false))
     }
 
-    /// Delivers a client event into the conversation's event stream, in order with the rest.
+    /// Delivers a client event into the conversation's event stream, in order with the rest;
+    /// waits while the outgoing queue is full.
     pub fn notify(&self, kind: EventKind) -> Result<()> {
         self.shared.enqueue(Command::Notify(Event::client(kind)))
+    }
+
+    /// Like [`notify`](Self::notify) but never waits: on [`TryAppendError::Full`] nothing
+    /// was taken. A capture thread reports a loss exactly when the queue is full, so it must
+    /// not wait for room.
+    pub fn try_notify(&self, kind: EventKind) -> Result<(), TryAppendError> {
+        self.shared.guarded(|tx| {
+            tx.try_send(Command::Notify(Event::client(kind)))
+                .map_err(|e| match e {
+                    TrySendError::Full(_) => TryAppendError::Full,
+                    TrySendError::Disconnected(_) => TryAppendError::Other(Error::Closed),
+                })
+        })?;
+        self.shared.wake();
+        Ok(())
     }
 
     /// The session's sample rate (16000 or 8000), as last configured.
@@ -331,6 +349,16 @@ impl AudioSender {
     /// True once the conversation no longer takes audio.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    fn check_pcm_session(&self) -> Result<()> {
+        if self.shared.pcm.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(Error::InvalidAudio(
+                "PCM samples into a session configured for Opus; append Opus bytes instead".into(),
+            ))
+        }
     }
 }
 

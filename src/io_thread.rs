@@ -238,7 +238,8 @@ impl IoThread {
         }
         st.out.flush();
         log::info!("connection closed ({code} {reason})");
-        st.out.push(Event::client(EventKind::Closed { code, reason }));
+        st.out
+            .push(Event::client(EventKind::Closed { code, reason }));
     }
 
     /// Stops accepting commands and counts the audio still queued, so its loss is reported
@@ -252,7 +253,9 @@ impl IoThread {
                 dropped += cmd.audio_bytes();
                 cmd.fail();
             }
-            if self.shared.senders_in_flight.load(Ordering::SeqCst) == 0 || Instant::now() > deadline {
+            if self.shared.senders_in_flight.load(Ordering::SeqCst) == 0
+                || Instant::now() > deadline
+            {
                 break;
             }
             std::thread::yield_now();
@@ -298,7 +301,8 @@ impl IoThread {
                 }
                 if next_ping.is_some_and(|t| now >= t) {
                     if let Err(e) = self.socket.write(Message::Ping(Bytes::new())) {
-                        if !matches!(&e, tungstenite::Error::Io(io) if io.kind() == ErrorKind::WouldBlock) {
+                        if !matches!(&e, tungstenite::Error::Io(io) if io.kind() == ErrorKind::WouldBlock)
+                        {
                             return lost(1006, format!("ping failed: {e}"));
                         }
                     }
@@ -392,7 +396,8 @@ impl IoThread {
                     let (code, reason) = match self.shared.peer_close() {
                         Some(close) => close,
                         None => match e {
-                            tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+                            tungstenite::Error::ConnectionClosed
+                            | tungstenite::Error::AlreadyClosed => {
                                 (1006, "the connection ended without a close frame".into())
                             }
                             e => (1006, e.to_string()),
@@ -411,7 +416,8 @@ impl IoThread {
                 }
                 Message::Binary(b) => {
                     log::warn!("the server sent a binary frame of {} bytes", b.len());
-                    st.out.push(Event::client(EventKind::Binary { len: b.len() }));
+                    st.out
+                        .push(Event::client(EventKind::Binary { len: b.len() }));
                 }
                 Message::Close(frame) => {
                     // tungstenite queues the echo; the next read returns ConnectionClosed.
@@ -557,7 +563,11 @@ impl IoThread {
     /// arrives, or the timeout passes.
     fn wait(&self, want_write: bool, want_commands: bool, timeout: Option<Duration>) {
         let socket = Some((self.tcp.as_raw_fd(), want_write));
-        poll(socket, (want_commands && !want_write).then_some(self.wake.as_raw_fd()), timeout);
+        poll(
+            socket,
+            (want_commands && !want_write).then_some(self.wake.as_raw_fd()),
+            timeout,
+        );
     }
 
     /// Replaces a lost connection: waits (backing off, with jitter), opens a new one, and
@@ -571,7 +581,8 @@ impl IoThread {
             if self.sleep_unless_closed(jittered(policy.backoff(attempt), policy.jitter)) {
                 return Some((code, reason.to_owned()));
             }
-            let result = transport::open(&self.params, &self.key).and_then(|opened| self.resume(st, opened));
+            let result =
+                transport::open(&self.params, &self.key).and_then(|opened| self.resume(st, opened));
             match result {
                 Ok(replayed_ms) => {
                     let new_session_id = self.shared.session_id();
@@ -586,7 +597,12 @@ impl IoThread {
                         new_session_id,
                         replayed_ms,
                     }));
-                    if let Some(lost_ms) = st.replay.as_mut().map(Replay::take_lost_ms).filter(|&m| m > 0) {
+                    if let Some(lost_ms) = st
+                        .replay
+                        .as_mut()
+                        .map(Replay::take_lost_ms)
+                        .filter(|&m| m > 0)
+                    {
                         st.out.push(Event::client(EventKind::AudioDropped {
                             ms: lost_ms,
                             reason: format!(
@@ -610,7 +626,10 @@ impl IoThread {
                 }
             }
         }
-        log::error!("giving up after {} reconnect attempts: {last_error}", policy.max_attempts);
+        log::error!(
+            "giving up after {} reconnect attempts: {last_error}",
+            policy.max_attempts
+        );
         st.out.push(Event::client(EventKind::ReconnectFailed {
             attempts: policy.max_attempts,
             error: last_error,
@@ -652,7 +671,8 @@ impl IoThread {
         st.out.push(created);
         let t = self.params.timeouts;
         let io = |phase| move |source| Error::Io { phase, source };
-        tcp.set_write_timeout(Some(t.handshake)).map_err(io(crate::Phase::Handshake))?;
+        tcp.set_write_timeout(Some(t.handshake))
+            .map_err(io(crate::Phase::Handshake))?;
         if let Some(update) = st.last_update.clone() {
             let deadline = Instant::now() + t.session_updated;
             send_blocking(&mut socket, Message::Text(update))?;
@@ -664,12 +684,19 @@ impl IoThread {
                         after: t.session_updated,
                     });
                 }
-                tcp.set_read_timeout(Some(left)).map_err(io(crate::Phase::SessionUpdated))?;
+                tcp.set_read_timeout(Some(left))
+                    .map_err(io(crate::Phase::SessionUpdated))?;
                 let event = match socket.read() {
                     Ok(Message::Text(text)) => Event::parse(text.as_str().to_owned()),
                     Ok(_) => continue,
-                    Err(tungstenite::Error::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
-                    Err(e) => return Err(Error::Handshake(format!("while resuming the session: {e}"))),
+                    Err(tungstenite::Error::Io(e))
+                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                    {
+                        continue
+                    }
+                    Err(e) => {
+                        return Err(Error::Handshake(format!("while resuming the session: {e}")))
+                    }
                 };
                 self.on_event(&event, st);
                 let done = match &event.kind {
@@ -699,8 +726,10 @@ impl IoThread {
             socket.write(Message::Text(text.into())).map_err(ws_error)?;
         }
         socket.flush().map_err(ws_error)?;
-        tcp.set_read_timeout(None).map_err(io(crate::Phase::Handshake))?;
-        tcp.set_write_timeout(None).map_err(io(crate::Phase::Handshake))?;
+        tcp.set_read_timeout(None)
+            .map_err(io(crate::Phase::Handshake))?;
+        tcp.set_write_timeout(None)
+            .map_err(io(crate::Phase::Handshake))?;
         self.socket = socket;
         self.tcp = tcp;
         Ok(replayed_ms)
@@ -727,7 +756,12 @@ fn poll(socket: Option<(i32, bool)>, wake: Option<i32>, timeout: Option<Duration
     let mut fds = [
         libc::pollfd {
             fd: socket.map_or(-1, |(fd, _)| fd),
-            events: libc::POLLIN | if socket.is_some_and(|(_, w)| w) { libc::POLLOUT } else { 0 },
+            events: libc::POLLIN
+                | if socket.is_some_and(|(_, w)| w) {
+                    libc::POLLOUT
+                } else {
+                    0
+                },
             revents: 0,
         },
         libc::pollfd {

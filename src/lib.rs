@@ -21,6 +21,8 @@ pub mod resample;
 pub mod emulator;
 
 pub use callback::{Callback, CallbackThread};
+#[cfg(feature = "alsa")]
+pub use capture::{Capture, CaptureConfig};
 pub use config::{
     ApiKey, AudioFormat, ConnectParams, Keepalive, Proxy, ReconnectPolicy, SessionConfig, Timeouts,
     TurnDetection,

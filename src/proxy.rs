@@ -33,7 +33,8 @@ pub(crate) fn choose(
         Proxy::None => return Ok(None),
         Proxy::Url(u) => u.clone(),
         Proxy::Environment => {
-            let first = |names: &[&str]| names.iter().find_map(|n| var(n).filter(|v| !v.is_empty()));
+            let first =
+                |names: &[&str]| names.iter().find_map(|n| var(n).filter(|v| !v.is_empty()));
             let scheme_vars: &[&str] = if tls {
                 &["HTTPS_PROXY", "https_proxy"]
             } else {
@@ -71,7 +72,9 @@ fn parse(url: &str) -> Result<ProxyTarget> {
     let rest = match url.split_once("://") {
         Some(("http", r)) => r,
         Some((scheme, _)) => {
-            return Err(bad(&format!("scheme {scheme:?} is not supported (only http://)")))
+            return Err(bad(&format!(
+                "scheme {scheme:?} is not supported (only http://)"
+            )))
         }
         None => url,
     };
@@ -109,7 +112,12 @@ fn redact(url: &str) -> String {
 }
 
 /// Asks the proxy for a tunnel to `host:port` over `stream` (whose timeouts bound the wait).
-pub(crate) fn connect_tunnel(stream: &mut TcpStream, proxy: &ProxyTarget, host: &str, port: u16) -> Result<()> {
+pub(crate) fn connect_tunnel(
+    stream: &mut TcpStream,
+    proxy: &ProxyTarget,
+    host: &str,
+    port: u16,
+) -> Result<()> {
     let io = |source| Error::Io {
         phase: Phase::Handshake,
         source,
@@ -131,16 +139,25 @@ pub(crate) fn connect_tunnel(stream: &mut TcpStream, proxy: &ProxyTarget, host: 
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         if head.len() >= MAX_RESPONSE_HEADER {
-            return Err(Error::Handshake("the proxy's CONNECT response is too long".into()));
+            return Err(Error::Handshake(
+                "the proxy's CONNECT response is too long".into(),
+            ));
         }
         match stream.read(&mut byte).map_err(io)? {
-            0 => return Err(Error::Handshake("the proxy closed the connection during CONNECT".into())),
+            0 => {
+                return Err(Error::Handshake(
+                    "the proxy closed the connection during CONNECT".into(),
+                ))
+            }
             _ => head.push(byte[0]),
         }
     }
     let text = String::from_utf8_lossy(&head);
     let status_line = text.lines().next().unwrap_or("");
-    let status = status_line.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok());
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok());
     match status {
         Some(200..=299) => Ok(()),
         Some(407) => Err(Error::Authentication {
@@ -159,33 +176,101 @@ mod tests {
     use super::*;
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())
+        move |n| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
     fn the_environment_is_read_as_curl_does() {
-        let e = env(&[("HTTPS_PROXY", "http://user:pw@proxy.corp:3128"), ("NO_PROXY", "internal.corp, .example.org")]);
-        let p = choose(&Proxy::Environment, true, "dashscope.aliyuncs.com", false, &e).unwrap().unwrap();
-        assert_eq!(p, ProxyTarget { host: "proxy.corp".into(), port: 3128, credentials: Some("user:pw".into()) });
-        assert_eq!(choose(&Proxy::Environment, true, "a.internal.corp", false, &e).unwrap(), None);
-        assert_eq!(choose(&Proxy::Environment, true, "example.org", false, &e).unwrap(), None);
-        assert_eq!(choose(&Proxy::Environment, true, "localhost", true, &e).unwrap(), None, "loopback goes direct");
-        assert_eq!(choose(&Proxy::Environment, false, "h", false, &e).unwrap(), None, "ws:// reads HTTP_PROXY");
+        let e = env(&[
+            ("HTTPS_PROXY", "http://user:pw@proxy.corp:3128"),
+            ("NO_PROXY", "internal.corp, .example.org"),
+        ]);
+        let p = choose(
+            &Proxy::Environment,
+            true,
+            "dashscope.aliyuncs.com",
+            false,
+            &e,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            p,
+            ProxyTarget {
+                host: "proxy.corp".into(),
+                port: 3128,
+                credentials: Some("user:pw".into())
+            }
+        );
+        assert_eq!(
+            choose(&Proxy::Environment, true, "a.internal.corp", false, &e).unwrap(),
+            None
+        );
+        assert_eq!(
+            choose(&Proxy::Environment, true, "example.org", false, &e).unwrap(),
+            None
+        );
+        assert_eq!(
+            choose(&Proxy::Environment, true, "localhost", true, &e).unwrap(),
+            None,
+            "loopback goes direct"
+        );
+        assert_eq!(
+            choose(&Proxy::Environment, false, "h", false, &e).unwrap(),
+            None,
+            "ws:// reads HTTP_PROXY"
+        );
 
         let e = env(&[("https_proxy", "proxy:8080"), ("ALL_PROXY", "http://all:1")]);
-        assert_eq!(choose(&Proxy::Environment, true, "h", false, &e).unwrap().unwrap().port, 8080);
-        assert_eq!(choose(&Proxy::Environment, false, "h", false, &e).unwrap().unwrap().host, "all");
+        assert_eq!(
+            choose(&Proxy::Environment, true, "h", false, &e)
+                .unwrap()
+                .unwrap()
+                .port,
+            8080
+        );
+        assert_eq!(
+            choose(&Proxy::Environment, false, "h", false, &e)
+                .unwrap()
+                .unwrap()
+                .host,
+            "all"
+        );
         let e = env(&[("ALL_PROXY", "http://all:1"), ("no_proxy", "*")]);
-        assert_eq!(choose(&Proxy::Environment, true, "h", false, &e).unwrap(), None);
+        assert_eq!(
+            choose(&Proxy::Environment, true, "h", false, &e).unwrap(),
+            None
+        );
     }
 
     #[test]
     fn the_configuration_overrides_the_environment() {
         let e = env(&[("HTTPS_PROXY", "http://envproxy:1")]);
         assert_eq!(choose(&Proxy::None, true, "h", false, &e).unwrap(), None);
-        let p = choose(&Proxy::Url("http://127.0.0.1:9".into()), true, "localhost", true, &e).unwrap().unwrap();
+        let p = choose(
+            &Proxy::Url("http://127.0.0.1:9".into()),
+            true,
+            "localhost",
+            true,
+            &e,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!((p.host.as_str(), p.port), ("127.0.0.1", 9));
-        let err = choose(&Proxy::Url("socks5://u:secret@h:1".into()), true, "h", false, &e).unwrap_err().to_string();
+        let err = choose(
+            &Proxy::Url("socks5://u:secret@h:1".into()),
+            true,
+            "h",
+            false,
+            &e,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("socks5") && !err.contains("secret"), "{err}");
     }
 }

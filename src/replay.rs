@@ -14,7 +14,11 @@ use crate::event::EventKind;
 enum Sent {
     /// An append frame (kept as sent: replaying it costs no re-encoding) and where its audio
     /// starts in the stream.
-    Audio { start: u64, bytes: u64, frame: Utf8Bytes },
+    Audio {
+        start: u64,
+        bytes: u64,
+        frame: Utf8Bytes,
+    },
     /// A commit at this stream offset (manual mode).
     Commit { at: u64 },
 }
@@ -211,7 +215,11 @@ mod tests {
             item_id: Some("a".into()),
             audio_end_ms: Some(350),
         });
-        assert_eq!(r.unacked_ms(), 1000, "nothing acknowledged before completed");
+        assert_eq!(
+            r.unacked_ms(),
+            1000,
+            "nothing acknowledged before completed"
+        );
         r.observe(&completed("a"));
         // Frames 0..=2 end at or before 350 ms; frame 3 straddles it and is kept.
         assert_eq!(texts(&mut r)[0], "frame3");

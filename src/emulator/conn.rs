@@ -143,9 +143,10 @@ fn serve(shared: &Arc<Shared>, tcp: TcpStream, key: u64) -> bool {
         .clone()
         .or_else(|| query_param(&query, "model").filter(|m| !m.is_empty()))
         .unwrap_or_else(|| DEFAULT_MODEL.to_owned());
-    let session = Session::new(model, config.partial_interval_ms);
+    let session = Session::new(model, config.partial_interval_ms, config.record_audio);
     let record = Arc::new(Mutex::new(session.new_record(headers, query)));
-    shared.add_session(Arc::clone(&record));
+    let number = shared.add_session(Arc::clone(&record));
+    let faults_on = config.fault_sessions.is_none_or(|n| number <= n);
     info!(
         "emulator: session {} opened from {peer} (model {})",
         session.id(),
@@ -159,6 +160,7 @@ fn serve(shared: &Arc<Shared>, tcp: TcpStream, key: u64) -> bool {
         session,
         appends: 0,
         fired_instead: Default::default(),
+        faults_on,
     };
     conn.run();
     info!("emulator: session {} ended", conn.session.id());
@@ -285,6 +287,8 @@ struct Conn {
     appends: u64,
     /// The `InsteadOf` faults (by index) that already fired on this connection.
     fired_instead: std::collections::HashSet<usize>,
+    /// Whether faults apply to this session (`EmulatorConfig::fault_sessions`).
+    faults_on: bool,
 }
 
 impl Conn {
@@ -448,6 +452,9 @@ impl Conn {
     }
 
     fn run_faults(&mut self) -> Flow {
+        if !self.faults_on {
+            return Flow::Continue;
+        }
         let shared = Arc::clone(&self.shared);
         for fault in &shared.config.faults {
             if let Fault::AfterAppends { n, action } = fault {
@@ -462,6 +469,9 @@ impl Conn {
     /// The action of an `InsteadOf` fault that this client event triggers (once each), after
     /// recording the event as received.
     fn instead_of(&mut self, text: &str) -> Option<FaultAction> {
+        if !self.faults_on {
+            return None;
+        }
         let shared = Arc::clone(&self.shared);
         let value: serde_json::Value = serde_json::from_str(text).ok()?;
         let event_type = value.get("type")?.as_str()?;

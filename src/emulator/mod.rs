@@ -119,6 +119,12 @@ pub struct EmulatorConfig {
     pub partial_interval_ms: u64,
     /// Faults to inject, on every connection. Default none.
     pub faults: Vec<Fault>,
+    /// Faults apply to the first this many sessions only (`None`: to every session). A
+    /// reconnecting client replays audio, which would otherwise trip the same fault again.
+    pub fault_sessions: Option<usize>,
+    /// Keeps every session's audio in [`SessionRecord::audio_data`], for tests that check
+    /// where a replay started. Default off (a long session's audio is large).
+    pub record_audio: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -132,6 +138,8 @@ impl Default for EmulatorConfig {
             max_frame_bytes: GATEWAY_MAX_FRAME_BYTES,
             partial_interval_ms: 400,
             faults: Vec::new(),
+            fault_sessions: None,
+            record_audio: false,
         }
     }
 }
@@ -230,6 +238,8 @@ pub struct SessionRecord {
     pub config: serde_json::Value,
     /// All audio appended in this session, in order.
     pub audio: AudioDigest,
+    /// The audio itself, when [`EmulatorConfig::record_audio`] is on (else empty).
+    pub audio_data: Vec<u8>,
     /// One per completed utterance, in order.
     pub items: Vec<ItemRecord>,
     /// Whether `session.finished` was sent.
@@ -264,6 +274,8 @@ pub struct ItemRecord {
     /// Its audio: everything since the previous commit, up to and including the frame where
     /// the VAD declared the end (or the whole buffer, on a commit or at `session.finish`).
     pub audio: AudioDigest,
+    /// Where that audio starts in the session's audio, in bytes.
+    pub start: u64,
     /// The transcript sent, [`transcript_for`] its audio.
     pub transcript: String,
 }
@@ -296,8 +308,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn add_session(&self, record: Arc<Mutex<SessionRecord>>) {
-        lock(&self.state).sessions.push(record);
+    /// Records a new session; returns how many sessions there are now (1 for the first).
+    fn add_session(&self, record: Arc<Mutex<SessionRecord>>) -> usize {
+        let mut state = lock(&self.state);
+        state.sessions.push(record);
+        state.sessions.len()
     }
 
     fn count_rejected(&self) {

@@ -100,6 +100,8 @@ pub(crate) struct Session {
     /// Audio in committed items, for `usage.duration`.
     committed: AudioDigest,
     ended: bool,
+    /// Keep the audio itself in the record (`EmulatorConfig::record_audio`).
+    record_audio: bool,
 }
 
 /// `prefix` followed by 21 random alphanumerics (lowercase hex), like the service's ids.
@@ -111,7 +113,7 @@ pub(crate) fn new_id(prefix: &str) -> String {
 }
 
 impl Session {
-    pub(crate) fn new(model: String, partial_interval_ms: u64) -> Self {
+    pub(crate) fn new(model: String, partial_interval_ms: u64, record_audio: bool) -> Self {
         Session {
             id: new_id("sess_"),
             model,
@@ -126,6 +128,7 @@ impl Session {
             previous_item_id: None,
             committed: AudioDigest::default(),
             ended: false,
+            record_audio,
         }
     }
 
@@ -148,6 +151,7 @@ impl Session {
             appends: 0,
             config: self.session_object(),
             audio: AudioDigest::default(),
+            audio_data: Vec::new(),
             items: Vec::new(),
             finished: false,
             close_code: None,
@@ -457,6 +461,9 @@ impl Session {
             }
         };
         rec.audio.update(&audio);
+        if self.record_audio {
+            rec.audio_data.extend_from_slice(&audio);
+        }
         self.audio_bytes += audio.len() as u64;
         if let Some(td) = self.config.turn_detection {
             self.feed_vad(&audio, td, rec, out);
@@ -639,6 +646,7 @@ impl Session {
         rec.items.push(ItemRecord {
             item_id,
             audio,
+            start: self.committed.bytes - audio.bytes,
             transcript,
         });
     }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: audio, certificates, event collection.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod forwarder;
+
 use std::time::{Duration, Instant};
 
 use qwen_asr_realtime::emulator::{AudioDigest, Emulator, EmulatorConfig};
