@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use qwen_asr_realtime::config::{ApiKey, API_KEY_ENV};
 use qwen_asr_realtime::emulator::{Emulator, EmulatorConfig};
-use qwen_asr_realtime::{ConnectParams, Conversation, Error, Event, EventKind, SessionConfig};
+use qwen_asr_realtime::{
+    ConnectParams, Conversation, Error, Event, EventKind, ReconnectPolicy, SessionConfig,
+};
 
 /// The options the examples have in common.
 pub const COMMON_OPTIONS: &str = "\
@@ -24,6 +26,8 @@ pub const COMMON_OPTIONS: &str = "\
                      when no API key is found)
   --json             one JSON object per line on stdout: every event as received, and the
                      library's own events with a type starting client.
+  --no-reconnect     end on a dropped connection instead of reconnecting and replaying the
+                     audio whose transcript had not come back
   -h, --help         this help";
 
 /// Parsed options.
@@ -39,6 +43,7 @@ pub struct Options {
     pub emulator: bool,
     pub json: bool,
     pub realtime: bool,
+    pub reconnect: bool,
     pub device: Option<String>,
     pub seconds: Option<f64>,
     pub positional: Vec<String>,
@@ -68,6 +73,7 @@ fn try_parse(
 ) -> Result<Option<Options>, String> {
     let mut o = Options {
         chunk_ms: 100,
+        reconnect: true,
         ..Options::default()
     };
     while let Some(arg) = args.next() {
@@ -129,6 +135,7 @@ fn try_parse(
             }
             "--emulator" => o.emulator = true,
             "--json" => o.json = true,
+            "--no-reconnect" => o.reconnect = false,
             "--realtime" if extra.contains(&"--realtime") => o.realtime = true,
             s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option {s}")),
             _ => o.positional.push(arg),
@@ -161,6 +168,9 @@ pub fn connect(
     config: &SessionConfig,
 ) -> Result<(Conversation, Option<Emulator>), Error> {
     let mut params = ConnectParams::new();
+    if o.reconnect {
+        params = params.reconnect(ReconnectPolicy::default());
+    }
     if let Some(m) = &o.model {
         params = params.model(m.clone());
     }

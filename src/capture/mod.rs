@@ -196,6 +196,9 @@ pub struct CaptureConfig {
     /// Ask the device for exactly this many channels (they are then averaged to mono).
     /// Default `None`: mono if the device has it.
     pub device_channels: Option<u32>,
+    /// Stop by itself after this much audio, in ms (everything captured is delivered first).
+    /// Default `None`: until [`Capture::stop`].
+    pub limit_ms: Option<u64>,
 }
 
 impl Default for CaptureConfig {
@@ -210,6 +213,7 @@ impl Default for CaptureConfig {
             alsa_conversion: false,
             device_rate: None,
             device_channels: None,
+            limit_ms: None,
         }
     }
 }
@@ -262,6 +266,12 @@ impl CaptureConfig {
     pub fn device_format(mut self, rate: u32, channels: u32) -> Self {
         self.device_rate = Some(rate);
         self.device_channels = Some(channels);
+        self
+    }
+
+    /// Stops the capture by itself after `ms` of audio.
+    pub fn limit_ms(mut self, ms: u64) -> Self {
+        self.limit_ms = Some(ms);
         self
     }
 
@@ -474,6 +484,9 @@ impl Capture {
             chunk_ms: u64::from(config.chunk_ms),
             queue_slots: (config.queue_ms / config.chunk_ms).max(1) as usize,
             out_rate: config.sample_rate,
+            limit_samples: config
+                .limit_ms
+                .map(|ms| ms * u64::from(config.sample_rate) / 1000),
         };
         let shared = Arc::new(Shared::default());
         shared.running.store(true, Ordering::Release);

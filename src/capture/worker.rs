@@ -25,6 +25,8 @@ pub(crate) struct Plan {
     pub(crate) chunk_ms: u64,
     pub(crate) queue_slots: usize,
     pub(crate) out_rate: u32,
+    /// Stop by itself after this many samples at `out_rate` (`CaptureConfig::limit_ms`).
+    pub(crate) limit_samples: Option<u64>,
 }
 
 enum Flow {
@@ -35,6 +37,8 @@ enum Flow {
 
 enum End {
     Stopped,
+    /// The configured amount of audio was captured.
+    Limit,
     DeviceFailed(Error),
     SinkClosed,
     SinkFailed(Error),
@@ -86,7 +90,9 @@ pub(crate) fn run<D: Source, S: AudioSink>(
         chunk_ms,
         queue_slots,
         out_rate,
+        limit_samples,
     } = plan;
+    let mut taken = 0u64;
     let mut raw = vec![0i16; period_frames * channels];
     let expected_out =
         period_frames as u64 * u64::from(out_rate) / u64::from(resampler.in_rate().max(1)) + 64;
@@ -118,7 +124,14 @@ pub(crate) fn run<D: Source, S: AudioSink>(
                     .fetch_add(n as u64, Ordering::Relaxed);
                 converted.clear();
                 resampler.process(&raw[..n * channels], &mut converted);
+                if let Some(limit) = limit_samples {
+                    converted.truncate(usize::try_from(limit - taken).unwrap_or(usize::MAX));
+                }
                 w.enqueue(&converted);
+                taken += converted.len() as u64;
+                if limit_samples.is_some_and(|limit| taken >= limit) {
+                    break End::Limit;
+                }
             }
             Read::Idle => {}
             Read::Overrun { gap_ms } => w.overrun(&device, gap_ms),
@@ -134,6 +147,12 @@ pub(crate) fn run<D: Source, S: AudioSink>(
     match end {
         End::Stopped => {
             log::debug!("capture from {device:?} stopped");
+            w.finish(None);
+        }
+        End::Limit => {
+            log::debug!("capture from {device:?} reached its limit");
+            // Nobody is waiting: deliver all of it, unless stop() comes meanwhile.
+            w.wait_for_room();
             w.finish(None);
         }
         End::DeviceFailed(e) => {

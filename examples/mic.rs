@@ -1,0 +1,126 @@
+//! Live transcripts from an ALSA microphone. Run with `--help` for the options.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use qwen_asr_realtime::{CaptureConfig, EventKind};
+
+const USAGE: &str = "\
+mic: live transcripts from an ALSA microphone with Qwen-ASR-Realtime
+
+usage: cargo run --release --example mic -- [OPTIONS]
+
+Ctrl-C ends the session gracefully (the last utterance is still transcribed). In manual
+mode, press Enter to commit what was said since the last Enter (push-to-talk).
+
+options:
+  --device NAME      ALSA capture device (default: default; see `arecord -L`, e.g. plughw:1,0)
+  --seconds N        stop after N seconds of audio (default: until Ctrl-C)
+";
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Waits up to `timeout` for a line on stdin; true if Enter was pressed.
+fn enter_pressed(timeout: Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) } > 0;
+    if !ready {
+        return false;
+    }
+    let mut line = String::new();
+    // EOF (stdin closed) reads 0 bytes: not a commit, and poll would report it again, so
+    // treat it as no input from now on by sleeping the rest of the timeout.
+    match std::io::stdin().read_line(&mut line) {
+        Ok(n) if n > 0 => true,
+        _ => {
+            std::thread::sleep(timeout);
+            false
+        }
+    }
+}
+
+fn main() {
+    let usage = format!("{USAGE}{}", common::COMMON_OPTIONS);
+    let opts = common::parse_args(&usage, &[], &["--device", "--seconds"]);
+    if !opts.positional.is_empty() {
+        eprintln!(
+            "error: unexpected argument {:?} (see --help)",
+            opts.positional[0]
+        );
+        std::process::exit(2);
+    }
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+    let config = common::session_config(&opts, 16000);
+    let (conv, _emulator) =
+        common::connect(&opts, &config).unwrap_or_else(|e| common::fail("connect", e));
+
+    let mut capture_config = CaptureConfig::default().chunk_ms(opts.chunk_ms);
+    if let Some(d) = &opts.device {
+        capture_config = capture_config.device(d.clone());
+    }
+    if let Some(s) = opts.seconds {
+        capture_config = capture_config.limit_ms((s * 1000.0) as u64);
+    }
+    let mut mic = conv
+        .stream_from_microphone(capture_config)
+        .unwrap_or_else(|e| common::fail("microphone", e));
+    eprintln!("capturing from {}", mic.negotiated());
+    if opts.manual {
+        eprintln!("manual mode: press Enter to commit what was said");
+    }
+
+    let mut display = common::Display::new(opts.json);
+    let tick = Duration::from_millis(50);
+    while !INTERRUPTED.load(Ordering::SeqCst) && mic.is_running() && !conv.is_closed() {
+        while let Ok(event) = conv.try_recv() {
+            display.show(&event);
+        }
+        if opts.manual && enter_pressed(tick) {
+            match conv.commit() {
+                Ok(()) | Err(qwen_asr_realtime::Error::EmptyCommit) => {}
+                Err(e) => eprintln!("commit: {e}"),
+            }
+        } else if !opts.manual {
+            if let Ok(event) = conv.recv_timeout(tick) {
+                display.show(&event);
+            }
+        }
+    }
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        eprintln!("\nstopping");
+    }
+    // Stop capturing (what was captured is still sent), then finish the session.
+    if let Err(e) = mic.stop() {
+        eprintln!("capture ended with an error: {e}");
+    }
+    if opts.manual {
+        match conv.commit() {
+            Ok(()) | Err(qwen_asr_realtime::Error::EmptyCommit) => {}
+            Err(e) => eprintln!("commit: {e}"),
+        }
+    }
+    let result = conv.end_session(common::END_SESSION_TIMEOUT);
+    for event in conv.iter() {
+        display.show(&event);
+        if matches!(event.kind, EventKind::Closed { .. }) {
+            break;
+        }
+    }
+    if let Err(e) = result {
+        common::fail("end of session", e);
+    }
+}
