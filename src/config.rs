@@ -245,6 +245,9 @@ pub struct ConnectParams {
     /// Events buffered for the caller before partial transcripts start to be coalesced.
     /// Default 1024.
     pub event_capacity: usize,
+    /// The largest message (and frame) accepted from the server; a larger one closes the
+    /// connection with 1009. Default 1 MiB: the service's events are a few hundred bytes.
+    pub max_incoming_message_bytes: usize,
     /// Keepalive and dead-peer detection.
     pub keepalive: Keepalive,
     /// Automatic reconnection; `None` (the default) ends the conversation when the link dies.
@@ -268,6 +271,7 @@ impl Default for ConnectParams {
             max_frame_bytes: GATEWAY_MAX_FRAME_BYTES,
             send_queue_frames: 64,
             event_capacity: 1024,
+            max_incoming_message_bytes: 1 << 20,
             keepalive: Keepalive::default(),
             reconnect: None,
             proxy: Proxy::Environment,

@@ -21,10 +21,6 @@ use crate::proxy;
 /// The socket type the I/O thread owns.
 pub(crate) type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
 
-/// The largest incoming message we accept. The service's events are small (a transcript is a
-/// few hundred bytes); anything near this is a broken or hostile peer, not a transcript.
-pub(crate) const MAX_INCOMING_MESSAGE_BYTES: usize = 1 << 20;
-
 /// A connection that has received `session.created`.
 pub(crate) struct Opened {
     pub socket: Socket,
@@ -195,14 +191,15 @@ fn set_tcp_keepalive(tcp: &TcpStream, idle: Duration) -> io::Result<()> {
     Ok(())
 }
 
-fn ws_config() -> WebSocketConfig {
+fn ws_config(params: &ConnectParams) -> WebSocketConfig {
+    let max = params.max_incoming_message_bytes;
     WebSocketConfig::default()
         // Small read chunks: events are small, and a Pi Zero has little memory to spare.
         .read_buffer_size(16 * 1024)
         // Write each frame out at once; we flush after every frame anyway.
         .write_buffer_size(0)
-        .max_message_size(Some(MAX_INCOMING_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_INCOMING_MESSAGE_BYTES))
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
 }
 
 fn is_timeout(e: &io::Error) -> bool {
@@ -262,7 +259,7 @@ fn upgrade(
             tungstenite::client_tls_with_config(
                 request,
                 tcp,
-                Some(ws_config()),
+                Some(ws_config(params)),
                 Some(tungstenite::Connector::NativeTls(connector)),
             )
         }
@@ -272,7 +269,7 @@ fn upgrade(
         tungstenite::client::client_with_config(
             request,
             MaybeTlsStream::Plain(tcp),
-            Some(ws_config()),
+            Some(ws_config(params)),
         )
     };
     match result {

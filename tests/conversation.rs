@@ -609,3 +609,69 @@ fn connecting_to_a_closed_port_is_a_connect_error() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn invalid_utf8_and_deep_nesting_become_client_events_and_the_session_goes_on() {
+    let config = EmulatorConfig {
+        faults: vec![
+            Fault::AfterAppends {
+                n: 1,
+                action: FaultAction::SendRawText(vec![b'{', 0xff, 0xfe, b'}']),
+            },
+            Fault::AfterAppends {
+                n: 2,
+                action: FaultAction::SendText("[".repeat(5000)),
+            },
+            Fault::AfterAppends {
+                n: 3,
+                action: FaultAction::SendText(
+                    r#"{"type":"input_audio_buffer.speech_stopped","audio_end_ms":1e999}"#.into(),
+                ),
+            },
+        ],
+        ..Default::default()
+    };
+    let emu = start_emulator(config);
+    let conv = Conversation::start(params_for(&emu), &SessionConfig::manual()).unwrap();
+    let audio = burst(16000, 500, 0);
+    send_in_chunks(&conv, &audio, 1600);
+    conv.commit().unwrap();
+    conv.end_session(WAIT).unwrap();
+    let events = collect_until_closed(&conv);
+    let reasons: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Malformed { reason } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].contains("UTF-8"), "{reasons:?}");
+    assert_eq!(transcripts(&events).len(), 1);
+}
+
+#[test]
+fn an_oversized_server_message_closes_with_1009() {
+    let config = EmulatorConfig {
+        faults: vec![Fault::AfterAppends {
+            n: 1,
+            action: FaultAction::SendText(format!(
+                r#"{{"type":"x","pad":"{}"}}"#,
+                "a".repeat(2 << 20)
+            )),
+        }],
+        ..Default::default()
+    };
+    let emu = start_emulator(config);
+    let conv = Conversation::start(params_for(&emu), &SessionConfig::vad()).unwrap();
+    conv.append_pcm(&burst(16000, 100, 0)).unwrap();
+    let events = collect_until_closed(&conv);
+    assert!(
+        matches!(
+            events.last().unwrap().kind,
+            EventKind::Closed { code: 1009, .. }
+        ),
+        "{:?}",
+        types(&events)
+    );
+}

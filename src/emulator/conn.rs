@@ -503,6 +503,15 @@ impl Conn {
         );
         match action {
             FaultAction::SendText(text) => self.send(vec![Reply::Send(text.clone())]),
+            FaultAction::SendRawText(data) => {
+                use tungstenite::protocol::frame::coding::{Data, OpCode};
+                use tungstenite::protocol::frame::Frame;
+                let frame = Frame::message(data.clone(), OpCode::Data(Data::Text), true);
+                match self.ws.send(Message::Frame(frame)) {
+                    Ok(()) => Flow::Continue,
+                    Err(_) => Flow::End,
+                }
+            }
             FaultAction::SendBinary(data) => match self.ws.send(Message::binary(data.clone())) {
                 Ok(()) => Flow::Continue,
                 Err(_) => Flow::End,

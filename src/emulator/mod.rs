@@ -189,6 +189,8 @@ pub enum FaultAction {
     SendText(String),
     /// Send this binary frame.
     SendBinary(Vec<u8>),
+    /// Send a text frame whose payload is these bytes, UTF-8 or not (a broken server).
+    SendRawText(Vec<u8>),
     /// Send an `error` event (`type: invalid_request_error`, no param, no event_id) with this
     /// code and message; the session continues.
     SendError {
