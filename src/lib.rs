@@ -29,4 +29,9 @@ pub use config::{
 };
 pub use conversation::{AudioSender, Conversation};
 pub use error::{Error, Phase, Result, TryAppendError};
+
+// The README's code blocks are compiled as doc tests, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 pub use event::{Completed, Event, EventKind, Failed, Partial, ServerError, Session, Usage};
