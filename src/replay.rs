@@ -192,9 +192,10 @@ mod tests {
     }
 
     fn completed(item: &str) -> EventKind {
-        let mut c = Completed::default();
-        c.item_id = Some(item.into());
-        EventKind::Completed(c)
+        EventKind::Completed(Completed {
+            item_id: Some(item.into()),
+            ..Default::default()
+        })
     }
 
     fn texts(r: &mut Replay) -> Vec<String> {
