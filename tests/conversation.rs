@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use qwen_asr_realtime::emulator::{
@@ -472,37 +472,6 @@ fn the_server_closing_mid_utterance_ends_the_stream_with_its_code() {
     assert!(matches!(
         conv.end_session(Duration::from_secs(1)),
         Err(Error::Closed)
-    ));
-}
-
-#[test]
-fn end_session_without_session_finished_times_out_on_time() {
-    let config = EmulatorConfig {
-        faults: vec![Fault::AfterAppends {
-            n: 1,
-            action: FaultAction::Stall,
-        }],
-        ..Default::default()
-    };
-    let emu = start_emulator(config);
-    let conv = Conversation::start(params_for(&emu), &SessionConfig::vad()).unwrap();
-    conv.append_pcm(&burst(16000, 100, 0)).unwrap();
-    let limit = Duration::from_millis(300);
-    let started = Instant::now();
-    match conv.end_session(limit) {
-        Err(Error::Timeout {
-            phase: Phase::EndSession,
-            after,
-        }) => assert_eq!(after, limit),
-        other => panic!("{other:?}"),
-    }
-    // Bounded, not timed: the close handshake gives up by itself on a stalled peer.
-    assert!(started.elapsed() < WAIT);
-    assert!(conv.is_closed());
-    let events = collect_until_closed(&conv);
-    assert!(matches!(
-        events.last().unwrap().kind,
-        EventKind::Closed { .. }
     ));
 }
 
