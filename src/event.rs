@@ -258,7 +258,8 @@ impl fmt::Display for ServerError {
                 sep = ", ";
             }
         }
-        if let Some(m) = &self.message {
+        // An empty message counts as none: the text must never be empty.
+        if let Some(m) = self.message.as_deref().filter(|m| !m.is_empty()) {
             write!(f, "{sep}{m}")?;
         } else if sep.is_empty() {
             write!(f, "(no details)")?;
@@ -421,6 +422,12 @@ fn kind_of(v: Value) -> EventKind {
             reason: "no string field \"type\"".into(),
         };
     };
+    if event_type.starts_with("client.") {
+        // The library's own namespace: a server frame must not pass for one of its events.
+        return EventKind::Malformed {
+            reason: format!("{event_type}: a server event in the client.… namespace"),
+        };
+    }
     let typed =
         match event_type.as_str() {
             "session.created" => serde_json::from_value::<WithSession>(v)

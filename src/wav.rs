@@ -219,15 +219,16 @@ fn read_header<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), WavError> {
 /// Writes a 16-bit mono WAV header for `data_bytes` of samples; for tests and tools.
 pub fn header(sample_rate: u32, channels: u16, data_bytes: u32) -> [u8; 44] {
     let mut h = [0u8; 44];
-    let block = channels * 2;
+    // Saturating: a streaming header's data size is u32::MAX, and odd parameters must not panic.
+    let block = channels.saturating_mul(2);
     h[0..4].copy_from_slice(b"RIFF");
-    h[4..8].copy_from_slice(&(36 + data_bytes).to_le_bytes());
+    h[4..8].copy_from_slice(&data_bytes.saturating_add(36).to_le_bytes());
     h[8..16].copy_from_slice(b"WAVEfmt ");
     h[16..20].copy_from_slice(&16u32.to_le_bytes());
     h[20..22].copy_from_slice(&FORMAT_PCM.to_le_bytes());
     h[22..24].copy_from_slice(&channels.to_le_bytes());
     h[24..28].copy_from_slice(&sample_rate.to_le_bytes());
-    h[28..32].copy_from_slice(&(sample_rate * u32::from(block)).to_le_bytes());
+    h[28..32].copy_from_slice(&sample_rate.saturating_mul(u32::from(block)).to_le_bytes());
     h[32..34].copy_from_slice(&block.to_le_bytes());
     h[34..36].copy_from_slice(&16u16.to_le_bytes());
     h[36..40].copy_from_slice(b"data");

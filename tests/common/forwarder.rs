@@ -13,7 +13,7 @@ use std::time::Duration;
 struct State {
     upstream: Mutex<Option<SocketAddr>>,
     /// Connections to reset at once, before any byte is forwarded.
-    refuse_next: AtomicU32,
+    refuse_next: Mutex<u32>,
     accepted: AtomicU32,
     listening: Mutex<bool>,
     listening_changed: Condvar,
@@ -67,7 +67,7 @@ impl Forwarder {
 
     /// Resets the next `n` connections as soon as they are accepted.
     pub fn refuse_next(&self, n: u32) {
-        self.state.refuse_next.store(n, Ordering::SeqCst);
+        *self.state.refuse_next.lock().unwrap() = n;
     }
 
     /// Sends new connections to another upstream.
@@ -127,11 +127,13 @@ fn accept_loop(mut listener: TcpListener, addr: SocketAddr, st: Arc<State>) {
             continue;
         }
         st.accepted.fetch_add(1, Ordering::SeqCst);
-        if st
-            .refuse_next
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
+        let refuse = {
+            let mut left = st.refuse_next.lock().unwrap();
+            let refuse = *left > 0;
+            *left = left.saturating_sub(1);
+            refuse
+        };
+        if refuse {
             reset(client);
             continue;
         }
