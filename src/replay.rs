@@ -96,6 +96,11 @@ impl Replay {
     /// Learns from a server event which audio has its result.
     pub fn observe(&mut self, kind: &EventKind) {
         match kind {
+            // Everything sent before session.finish has had its result (or had no speech).
+            EventKind::SessionFinished => {
+                self.pending_commits.clear();
+                self.ack(self.end);
+            }
             EventKind::SpeechStopped {
                 item_id: Some(id),
                 audio_end_ms: Some(ms),
@@ -257,6 +262,17 @@ mod tests {
         assert_eq!(texts(&mut r), ["frame1", "commit", "frame2"]);
         r.observe(&completed("y"));
         assert_eq!(texts(&mut r), ["frame2"]);
+    }
+
+    #[test]
+    fn session_finished_acknowledges_everything_sent() {
+        let mut r = Replay::new(1_000_000, 32);
+        r.audio(frame(0), 3200);
+        r.commit();
+        r.audio(frame(1), 3200);
+        r.observe(&EventKind::SessionFinished);
+        assert_eq!(r.unacked_ms(), 0);
+        assert!(texts(&mut r).is_empty());
     }
 
     #[test]
