@@ -101,7 +101,12 @@ fn session_offsets(sent: &[u8], sessions: &[SessionRecord]) -> Vec<usize> {
 /// (the replay then has a second session transcribe the same audio) does not count; the
 /// emulator's transcript names the audio's length and CRC, so identical transcripts stand for
 /// identical audio.
-fn assert_each_utterance_once(sent: &[u8], tones: &[(usize, usize)], sessions: &[SessionRecord], events: &[Event]) {
+fn assert_each_utterance_once(
+    sent: &[u8],
+    tones: &[(usize, usize)],
+    sessions: &[SessionRecord],
+    events: &[Event],
+) {
     let offsets = session_offsets(sent, sessions);
     let mut range_of = std::collections::HashMap::new();
     for (s, base) in sessions.iter().zip(&offsets) {
@@ -109,22 +114,42 @@ fn assert_each_utterance_once(sent: &[u8], tones: &[(usize, usize)], sessions: &
             let start = base + item.start as usize;
             let range = (start, start + item.audio.bytes as usize);
             let known = range_of.insert(item.transcript.clone(), range);
-            assert!(known.is_none_or(|r| r == range), "one transcript, two places in the audio");
+            assert!(
+                known.is_none_or(|r| r == range),
+                "one transcript, two places in the audio"
+            );
         }
     }
     let received: Vec<(usize, usize)> = transcripts(events)
         .iter()
-        .map(|t| *range_of.get(t).unwrap_or_else(|| panic!("received {t}, which no session sent")))
+        .map(|t| {
+            *range_of
+                .get(t)
+                .unwrap_or_else(|| panic!("received {t}, which no session sent"))
+        })
         .collect();
     for (k, &(t0, t1)) in tones.iter().enumerate() {
-        let covering = received.iter().filter(|(a, b)| *a <= t0 && t1 <= *b).count();
-        assert_eq!(covering, 1, "tone {k}: {covering} received transcripts cover it; {received:?}");
+        let covering = received
+            .iter()
+            .filter(|(a, b)| *a <= t0 && t1 <= *b)
+            .count();
+        assert_eq!(
+            covering, 1,
+            "tone {k}: {covering} received transcripts cover it; {received:?}"
+        );
         for (a, b) in &received {
             let overlaps = *a < t1 && t0 < *b;
-            assert!(!overlaps || (*a <= t0 && t1 <= *b), "tone {k} split across transcripts");
+            assert!(
+                !overlaps || (*a <= t0 && t1 <= *b),
+                "tone {k} split across transcripts"
+            );
         }
     }
-    assert_eq!(received.len(), tones.len(), "one transcript per utterance, no duplicates");
+    assert_eq!(
+        received.len(),
+        tones.len(),
+        "one transcript per utterance, no duplicates"
+    );
 }
 
 fn reconnected(events: &[Event]) -> Vec<(u32, u64)> {
@@ -422,7 +447,7 @@ fn a_slow_reader_gets_every_final_transcript_with_bounded_buffering() {
     let conv = Conversation::start(params, &SessionConfig::vad()).unwrap();
     let one = utterances(RATE, 1); // 2.2 s
     let count = 600 * 10 / 22; // ten minutes
-    // The reader reads nothing until the session is over: as far behind as a reader can be.
+                               // The reader reads nothing until the session is over: as far behind as a reader can be.
     for _ in 0..count {
         for c in one.chunks(CHUNK * 5) {
             conv.append_pcm(c).unwrap();

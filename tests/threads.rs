@@ -48,7 +48,11 @@ fn no_thread_outlives_its_conversation() {
         conv.close();
         assert!(lingering(|n| n == "qwen-asr-io").is_empty(), "{:?}", ours());
         drop(cb);
-        assert!(lingering(|n| n == "qwen-asr-callback").is_empty(), "{:?}", ours());
+        assert!(
+            lingering(|n| n == "qwen-asr-callback").is_empty(),
+            "{:?}",
+            ours()
+        );
 
         // Dropped mid-stream, with audio queued and a callback still attached.
         let conv = Conversation::start(params_for(&emu), &SessionConfig::vad()).unwrap();
@@ -56,14 +60,22 @@ fn no_thread_outlives_its_conversation() {
         conv.append_pcm(&utterances(16000, 1)).unwrap();
         drop(conv);
         drop(cb);
-        assert!(lingering(|n| n.starts_with("qwen-asr")).is_empty(), "{:?}", ours());
+        assert!(
+            lingering(|n| n.starts_with("qwen-asr")).is_empty(),
+            "{:?}",
+            ours()
+        );
 
         // Finished normally.
         let conv = Conversation::start(params_for(&emu), &SessionConfig::manual()).unwrap();
         conv.append_pcm(&burst(16000, 300, 0)).unwrap();
         conv.commit().unwrap();
         conv.end_session(WAIT).unwrap();
-        assert!(lingering(|n| n.starts_with("qwen-asr")).is_empty(), "{:?}", ours());
+        assert!(
+            lingering(|n| n.starts_with("qwen-asr")).is_empty(),
+            "{:?}",
+            ours()
+        );
     }
     {
         // end_session against a stalled server: it times out, and still joins.
@@ -78,7 +90,11 @@ fn no_thread_outlives_its_conversation() {
         let conv = Conversation::start(params_for(&emu), &SessionConfig::vad()).unwrap();
         conv.append_pcm(&burst(16000, 100, 0)).unwrap();
         assert!(conv.end_session(Duration::from_millis(200)).is_err());
-        assert!(lingering(|n| n.starts_with("qwen-asr")).is_empty(), "{:?}", ours());
+        assert!(
+            lingering(|n| n.starts_with("qwen-asr")).is_empty(),
+            "{:?}",
+            ours()
+        );
         drop(conv);
     }
     // The emulators are gone too: their threads were joined on drop.
