@@ -290,7 +290,10 @@ impl IoThread {
                 Flow::Continue { got_frames: false } => {}
             }
             let now = Instant::now();
-            if let (Some(interval), None) = (ka.ping_interval, &closing) {
+            // No pings once either side has started closing: tungstenite refuses to send
+            // then, and the peer's close is a normal end, not a dead link.
+            let open = closing.is_none() && self.socket.can_write();
+            if let (Some(interval), true) = (ka.ping_interval, open) {
                 if now.duration_since(last_rx) >= ka.dead_peer_timeout {
                     let reason = format!(
                         "nothing from the server for {:.1} s (dead_peer_timeout)",
