@@ -9,9 +9,16 @@
 //! bench_client idle    URL SECONDS                connect, configure, send nothing for SECONDS
 //! bench_client connect URL N                      N times: connect, configure, append one chunk, close
 //! bench_client latency URL WAV CHUNKS INTERVAL_MS append CHUNKS chunks, one every INTERVAL_MS
+//! bench_client floor   URL WAV [--realtime]       no client: the same pacing and socket writes
 //! ```
+//!
+//! `floor` is the cost that no client can avoid, for comparison: it paces like `stream` and
+//! writes one ready-made append frame of the same size per chunk straight to a raw socket
+//! from the pacing thread (no encoding, no I/O thread, no event parsing), while a second thread
+//! reads and discards the server's events.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -83,6 +90,12 @@ fn main() {
         "idle" => idle(arg(1), num(2)),
         "connect" => connect(arg(1), num(2)),
         "latency" => latency(arg(1), arg(2), num(3), num(4)),
+        "floor" => floor(
+            arg(1),
+            arg(2),
+            args.iter().any(|a| a == "--realtime"),
+            cpu_start,
+        ),
         other => die("unknown mode", other),
     };
     let mut stdout = std::io::stdout().lock();
@@ -164,6 +177,7 @@ fn connect(url: &str, n: u64) -> String {
 /// when each partial transcript the peer numbered in its `stash` reached this thread.
 fn latency(url: &str, path: &str, chunks: u64, interval_ms: u64) -> String {
     let (mut wav, mut buf) = open_wav(path);
+    let t_connect = now_ns();
     let conv = start(url);
     let events = conv.events();
     let (tx, rx) = mpsc::channel();
@@ -199,5 +213,95 @@ fn latency(url: &str, path: &str, chunks: u64, interval_ms: u64) -> String {
     let recv = rx.recv().unwrap_or_default();
     let _ = reader.join();
     let recv: Vec<[u64; 2]> = recv.into_iter().map(|(s, t)| [s, t]).collect();
-    format!(r#"{{"handover_ns":{handover:?},"recv":{recv:?}}}"#)
+    format!(r#"{{"connect_start_ns":{t_connect},"handover_ns":{handover:?},"recv":{recv:?}}}"#)
+}
+
+/// A masked client text frame.
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x5a, 0x13, 0xc7, 0x2e];
+    let mut f = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n < 65536 => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    f
+}
+
+/// See the module comment: the pacing and socket writes of `stream`, and nothing else.
+fn floor(url: &str, path: &str, realtime: bool, cpu_start: u64) -> String {
+    let (mut wav, mut buf) = open_wav(path);
+    let t0 = now_ns();
+    let rest = url
+        .strip_prefix("ws://")
+        .unwrap_or_else(|| die(url, "not a ws:// URL"));
+    let (addr, path_q) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| die("connect", e));
+    s.set_nodelay(true).unwrap_or_else(|e| die("connect", e));
+    write!(
+        s,
+        "GET {path_q}?model={MODEL} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap_or_else(|e| die("handshake", e));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => die("handshake", "the server closed"),
+        }
+    }
+    let mut rx = s.try_clone().unwrap_or_else(|e| die("socket", e));
+    let reader = std::thread::spawn(move || {
+        let mut sink = vec![0u8; 16 * 1024];
+        while matches!(rx.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    let update = SessionConfig::vad()
+        .sample_rate(16000)
+        .to_update_json("event_floor_update");
+    s.write_all(&client_frame(1, update.as_bytes()))
+        .unwrap_or_else(|e| die("write", e));
+    // One frame, built once: what a client must put on the wire per chunk.
+    let n = wav.read_bytes(&mut buf).unwrap_or_else(|e| die(path, e));
+    let mut json = String::new();
+    qwen_asr_realtime::event::write_append_json(&mut json, &buf[..n]);
+    let append = client_frame(1, json.as_bytes());
+    let mut chunks = 1u64;
+    let mut audio_bytes = n as u64;
+    let t_stream = now_ns();
+    let first_append_ns = now_ns() - t0;
+    s.write_all(&append).unwrap_or_else(|e| die("write", e));
+    loop {
+        if realtime {
+            sleep_until(t_stream + chunks * CHUNK_MS * 1_000_000);
+        }
+        let n = wav.read_bytes(&mut buf).unwrap_or_else(|e| die(path, e));
+        if n == 0 {
+            break;
+        }
+        s.write_all(&append).unwrap_or_else(|e| die("write", e));
+        chunks += 1;
+        audio_bytes += n as u64;
+    }
+    let finish = r#"{"event_id":"event_floor_finish","type":"session.finish"}"#;
+    s.write_all(&client_frame(1, finish.as_bytes()))
+        .unwrap_or_else(|e| die("write", e));
+    s.write_all(&client_frame(8, &1000u16.to_be_bytes()))
+        .unwrap_or_else(|e| die("write", e));
+    let _ = reader.join();
+    let wall_ns = now_ns() - t0;
+    format!(
+        r#"{{"cpu_start_us":{cpu_start},"cpu_end_us":{},"connect_to_first_append_ns":{first_append_ns},"wall_ns":{wall_ns},"audio_bytes":{audio_bytes},"events":0,"completed":0}}"#,
+        cpu_us()
+    )
 }
