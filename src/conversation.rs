@@ -2,8 +2,6 @@
 //! cloneable [`AudioSender`] that feeds it, and the command queue between them and the I/O
 //! thread.
 
-use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -18,6 +16,7 @@ use crate::error::{Error, Phase, Result, TryAppendError};
 use crate::event::{self, Event, EventKind, Session, APPEND_OVERHEAD_BYTES};
 use crate::io_thread::IoThread;
 use crate::transport;
+use crate::wake::Wake;
 
 pub(crate) type Reply<T> = Sender<Result<T>>;
 
@@ -70,8 +69,8 @@ impl Command {
 /// State shared by the handles and the I/O thread.
 pub(crate) struct Shared {
     commands: Sender<Command>,
-    wake: UnixStream,
-    /// Set by a sender that wrote the wake-up byte, cleared by the I/O thread before it drains
+    wake: Arc<Wake>,
+    /// Set by a sender that signalled the wake-up, cleared by the I/O thread before it drains
     /// the queue: one wake-up write per batch instead of one per append.
     pub wake_pending: AtomicBool,
     /// No more commands are taken (set by the I/O thread on its way out).
@@ -150,8 +149,7 @@ impl Shared {
 
     fn wake(&self) {
         if !self.wake_pending.swap(true, Ordering::SeqCst) {
-            // WouldBlock means the I/O thread has wake-ups pending already.
-            let _ = (&self.wake).write(&[1]);
+            self.wake.signal();
         }
     }
 
@@ -414,16 +412,15 @@ impl Conversation {
             None => ApiKey::from_env()?,
         };
         let opened = transport::open(&params, &key)?;
-        let internal = |e: std::io::Error| Error::Internal(format!("wake-up socket: {e}"));
-        let (wake_rx, wake_tx) = UnixStream::pair().map_err(internal)?;
-        wake_rx.set_nonblocking(true).map_err(internal)?;
-        wake_tx.set_nonblocking(true).map_err(internal)?;
+        let wake = Wake::new()
+            .map(Arc::new)
+            .map_err(|e| Error::Internal(format!("wake-up handle: {e}")))?;
         let (cmd_tx, cmd_rx) = bounded(params.send_queue_frames);
         let (ev_tx, ev_rx) = unbounded();
         let defaults = SessionConfig::default();
         let shared = Arc::new(Shared {
             commands: cmd_tx,
-            wake: wake_tx,
+            wake: Arc::clone(&wake),
             wake_pending: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             close_requested: AtomicBool::new(false),
@@ -447,7 +444,7 @@ impl Conversation {
         let io = IoThread {
             socket: opened.socket,
             tcp: opened.tcp,
-            wake: wake_rx,
+            wake,
             commands: cmd_rx,
             events: ev_tx,
             shared: Arc::clone(&shared),

@@ -539,7 +539,7 @@ pub fn write_append_json(out: &mut String, pcm: &[u8]) {
     out.push_str("event_");
     push_random_hex(out, 32);
     out.push_str("\",\"type\":\"input_audio_buffer.append\",\"audio\":\"");
-    base64::Engine::encode_string(&base64::engine::general_purpose::STANDARD, pcm, out);
+    push_base64(out, pcm);
     out.push_str("\"}");
 }
 
@@ -555,9 +555,78 @@ pub(crate) fn write_append_json_b64(out: &mut String, b64: &str) {
     out.push_str("\"}");
 }
 
+const BASE64_ALPHABET: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Every 12-bit value as its two base64 characters, the first in the low byte: 8 KiB.
+static BASE64_PAIRS: [u16; 4096] = {
+    let mut t = [0u16; 4096];
+    let mut i = 0;
+    while i < 4096 {
+        t[i] = (BASE64_ALPHABET[i >> 6] as u16) | ((BASE64_ALPHABET[i & 63] as u16) << 8);
+        i += 1;
+    }
+    t
+};
+
+/// Appends the standard, padded base64 of `bytes` to `out`, in place. This is most of what an
+/// append costs, so it is done here rather than with the `base64` crate, whose
+/// `encode_string` goes through a scratch buffer and a UTF-8 check of each piece: six bytes at
+/// a time as one load, four lookups of two characters and one store, it takes under half the
+/// time on the benchmark machine.
+fn push_base64(out: &mut String, bytes: &[u8]) {
+    use std::mem::MaybeUninit;
+    let len = bytes.len().div_ceil(3) * 4;
+    // SAFETY: only ASCII (the base64 alphabet and '=') goes into the vector, so the String
+    // stays valid UTF-8.
+    let v = unsafe { out.as_mut_vec() };
+    v.reserve(len);
+    let dst = &mut v.spare_capacity_mut()[..len];
+    let pair = |n: u64| u64::from(BASE64_PAIRS[(n & 0xfff) as usize]);
+    // Six bytes make eight characters. Eight are loaded, so this stops while two more follow.
+    let sixes = bytes.len().saturating_sub(2) / 6;
+    for (i, d) in dst[..sixes * 8].chunks_exact_mut(8).enumerate() {
+        let eight: [u8; 8] = bytes[i * 6..i * 6 + 8].try_into().unwrap_or_default();
+        let n = u64::from_be_bytes(eight) >> 16;
+        let chars = pair(n >> 36) | pair(n >> 24) << 16 | pair(n >> 12) << 32 | pair(n) << 48;
+        d.copy_from_slice(&chars.to_le_bytes().map(MaybeUninit::new));
+    }
+    // The last one to seven bytes, three at a time, the last group padded with '='.
+    let char_at = |n: u32, shift: u32| BASE64_ALPHABET[((n >> shift) & 63) as usize];
+    let rest = bytes[sixes * 6..].chunks(3);
+    for (s, d) in rest.zip(dst[sixes * 8..].chunks_exact_mut(4)) {
+        let byte = |i: usize| u32::from(s.get(i).copied().unwrap_or(0));
+        let n = (byte(0) << 16) | (byte(1) << 8) | byte(2);
+        let c = [
+            char_at(n, 18),
+            char_at(n, 12),
+            if s.len() > 1 { char_at(n, 6) } else { b'=' },
+            if s.len() > 2 { char_at(n, 0) } else { b'=' },
+        ];
+        d.copy_from_slice(&c.map(MaybeUninit::new));
+    }
+    // SAFETY: the two loops wrote all `len` bytes after the old end (eight per six input
+    // bytes, then four per three or fewer), so they are initialised.
+    unsafe { v.set_len(v.len() + len) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_encoding_for_every_tail_length() {
+        use base64::Engine as _;
+        let bytes: Vec<u8> = (0..3203u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for len in (0..64).chain(3190..3203) {
+            let mut out = String::from("prefix:");
+            push_base64(&mut out, &bytes[..len]);
+            let expected = base64::engine::general_purpose::STANDARD.encode(&bytes[..len]);
+            assert_eq!(out, format!("prefix:{expected}"), "{len} bytes");
+        }
+    }
 
     fn parse(s: &str) -> Event {
         Event::parse(s.to_owned())

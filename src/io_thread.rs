@@ -1,13 +1,12 @@
 //! The I/O thread: the only owner of the socket (tungstenite cannot be read and written from
-//! two threads). It sleeps in `poll(2)` on the socket and a wake-up socket that command
+//! two threads). It sleeps in `poll(2)` on the socket and a wake-up fd that command
 //! senders signal, with the next keepalive deadline as its only timeout, so an idle
 //! conversation costs no CPU and an append reaches the wire as soon as it is queued. When the
 //! link dies it reconnects, if asked to, and replays what had no result yet.
 
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use crate::error::Error;
 use crate::event::{self, Event, EventKind, Session};
 use crate::replay::Replay;
 use crate::transport::{self, Opened, Socket};
+use crate::wake::Wake;
 
 /// How long we wait for the peer to answer our close frame before dropping the socket.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
@@ -37,7 +37,7 @@ const RETRYABLE_CLOSE_CODES: [u16; 6] = [1001, 1006, 1011, 1012, 1013, 1014];
 pub(crate) struct IoThread {
     pub socket: Socket,
     pub tcp: TcpStream,
-    pub wake: UnixStream,
+    pub wake: Arc<Wake>,
     pub commands: Receiver<Command>,
     pub events: Sender<Event>,
     pub shared: Arc<Shared>,
@@ -278,8 +278,20 @@ impl IoThread {
         // Set when we sent a close frame: the code to report, and how long to wait for the echo.
         let mut closing: Option<(u16, String, Instant)> = None;
         let mut write_blocked = false;
+        // What the last poll found ready; everything, the first time round.
+        let mut ready = Ready {
+            socket: true,
+            wake: true,
+        };
         loop {
-            match self.read_all(st) {
+            // Read only when poll said so: after a read that ended in WouldBlock, no whole
+            // message is left in tungstenite's buffer (nor in TLS's), so there is nothing to find.
+            let flow = if ready.socket {
+                self.read_all(st)
+            } else {
+                Flow::Continue { got_frames: false }
+            };
+            match flow {
                 Flow::Ended(end) => {
                     return match closing {
                         Some((ours, why, _)) => LinkEnd::Closed(ours, why),
@@ -314,7 +326,7 @@ impl IoThread {
                 }
             }
             if closing.is_none() {
-                match self.write_commands(st, &mut write_blocked) {
+                match self.write_commands(st, &mut write_blocked, ready.wake) {
                     Ok(Some((code, reason))) => {
                         let frame = CloseFrame {
                             code: CloseCode::from(code),
@@ -331,24 +343,25 @@ impl IoThread {
             } else {
                 write_blocked = self.flush_blocked();
             }
-            let mut deadlines: Vec<Instant> = Vec::with_capacity(4);
+            // The earliest deadline, if any (no allocation: this runs once per wake-up).
+            let mut deadline: Option<Instant> = None;
+            let mut at = |d: Instant| deadline = Some(deadline.map_or(d, |x| x.min(d)));
             if st.out.retry_held() {
-                deadlines.push(Instant::now() + HELD_PARTIAL_RETRY);
+                at(Instant::now() + HELD_PARTIAL_RETRY);
             }
-            if let Some((code, reason, deadline)) = &closing {
-                if Instant::now() >= *deadline {
+            if let Some((code, reason, until)) = &closing {
+                if Instant::now() >= *until {
                     return LinkEnd::Closed(*code, reason.clone());
                 }
-                deadlines.push(*deadline);
+                at(*until);
             } else if ka.ping_interval.is_some() {
-                deadlines.extend(next_ping);
-                deadlines.push(last_rx + ka.dead_peer_timeout);
+                if let Some(t) = next_ping {
+                    at(t);
+                }
+                at(last_rx + ka.dead_peer_timeout);
             }
-            let timeout = deadlines
-                .into_iter()
-                .min()
-                .map(|d| d.saturating_duration_since(Instant::now()));
-            self.wait(write_blocked, closing.is_none(), timeout);
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            ready = self.wait(write_blocked, closing.is_none(), timeout);
         }
     }
 
@@ -480,14 +493,18 @@ impl IoThread {
         }
     }
 
-    /// Sends queued commands while the socket takes them. Returns a close request, or the
-    /// connection's end if writing failed.
+    /// Sends queued commands while the socket takes them: frames queued together go out in
+    /// one write (tungstenite buffers up to `write_buffer_size`), flushed once the queue is
+    /// empty. Returns a close request, or the connection's end if writing failed.
     fn write_commands(
         &mut self,
         st: &mut State,
         write_blocked: &mut bool,
+        woken: bool,
     ) -> Result<Option<(u16, String)>, LinkEnd> {
-        self.drain_wake();
+        if woken {
+            self.drain_wake();
+        }
         loop {
             if *write_blocked {
                 *write_blocked = self.flush_blocked();
@@ -498,7 +515,10 @@ impl IoThread {
             }
             let cmd = match self.commands.try_recv() {
                 Ok(c) => c,
-                Err(TryRecvError::Empty) => return Ok(None),
+                Err(TryRecvError::Empty) => {
+                    *write_blocked = self.flush_blocked();
+                    return Ok(None);
+                }
                 Err(TryRecvError::Disconnected) => return Ok(Some((1000, "bye".into()))),
             };
             let text: Utf8Bytes = match cmd {
@@ -543,34 +563,37 @@ impl IoThread {
             };
             match self.socket.write(Message::Text(text)) {
                 Ok(()) => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {}
+                // The frame is buffered; the rest waits until the socket drains.
+                Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
+                    *write_blocked = true;
+                }
                 Err(e) => {
                     let (code, reason) = self.shared.peer_close().unwrap_or((1006, e.to_string()));
                     return Err(lost(code, reason));
                 }
             }
-            *write_blocked = self.flush_blocked();
         }
     }
 
-    /// Consumes the wake-up bytes, then lets senders write a new one. In this order a sender
-    /// that queues a command after our last look at the queue always leaves a byte behind for
+    /// Consumes the wake-up, then lets senders signal a new one. In this order a sender that
+    /// queues a command after our last look at the queue always leaves the fd readable for
     /// poll to see; the other order can lose that wake-up and leave the command waiting.
+    /// Skipping this when poll did not report the fd readable is safe: then no sender has
+    /// signalled since the last drain, or one is about to and poll will see it.
     fn drain_wake(&mut self) {
-        let mut buf = [0u8; 64];
-        while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
+        self.wake.drain();
         self.shared.wake_pending.store(false, Ordering::SeqCst);
     }
 
     /// Sleeps until the socket is readable (or writable, when a write is pending), a command
     /// arrives, or the timeout passes.
-    fn wait(&self, want_write: bool, want_commands: bool, timeout: Option<Duration>) {
+    fn wait(&self, want_write: bool, want_commands: bool, timeout: Option<Duration>) -> Ready {
         let socket = Some((self.tcp.as_raw_fd(), want_write));
         poll(
             socket,
-            (want_commands && !want_write).then_some(self.wake.as_raw_fd()),
+            (want_commands && !want_write).then_some(self.wake.fd()),
             timeout,
-        );
+        )
     }
 
     /// Replaces a lost connection: waits (backing off, with jitter), opens a new one, and
@@ -651,12 +674,10 @@ impl IoThread {
             if left.is_zero() {
                 return false;
             }
-            poll(None, Some(self.wake.as_raw_fd()), Some(left));
+            poll(None, Some(self.wake.fd()), Some(left));
             // The commands these wake-ups announce stay queued for the new connection: serve()
             // looks at the queue first thing.
-            let mut buf = [0u8; 64];
-            while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
-            self.shared.wake_pending.store(false, Ordering::SeqCst);
+            self.drain_wake();
         }
     }
 
@@ -753,9 +774,18 @@ fn send_blocking(socket: &mut Socket, m: Message) -> Result<(), Error> {
     socket.send(m).map_err(ws_error)
 }
 
+/// What poll(2) found ready.
+#[derive(Clone, Copy)]
+struct Ready {
+    /// The socket is readable, writable, or has an error or hang-up to report.
+    socket: bool,
+    /// The wake-up fd is readable: a sender signalled.
+    wake: bool,
+}
+
 /// poll(2) on an optional socket (readable, and writable if asked) and an optional wake-up
 /// fd; returns when one is ready or the timeout passes (`None`: no timeout).
-fn poll(socket: Option<(i32, bool)>, wake: Option<i32>, timeout: Option<Duration>) {
+fn poll(socket: Option<(i32, bool)>, wake: Option<i32>, timeout: Option<Duration>) -> Ready {
     let mut fds = [
         libc::pollfd {
             fd: socket.map_or(-1, |(fd, _)| fd),
@@ -787,5 +817,14 @@ fn poll(socket: Option<(i32, bool)>, wake: Option<i32>, timeout: Option<Duration
             log::error!("poll failed: {e}");
             std::thread::sleep(Duration::from_millis(10));
         }
+        // Look at everything, as after a wake-up that said nothing.
+        return Ready {
+            socket: true,
+            wake: true,
+        };
+    }
+    Ready {
+        socket: fds[0].revents != 0,
+        wake: fds[1].revents != 0,
     }
 }

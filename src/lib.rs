@@ -11,6 +11,7 @@ mod io_thread;
 mod proxy;
 mod replay;
 pub mod transport;
+mod wake;
 pub mod wav;
 
 #[cfg(feature = "alsa")]
