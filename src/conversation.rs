@@ -3,18 +3,20 @@
 //! thread.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{
     bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError,
 };
+use tungstenite::Utf8Bytes;
 
 use crate::config::{ApiKey, AudioFormat, ConnectParams, SessionConfig};
 use crate::error::{Error, Phase, Result, TryAppendError};
 use crate::event::{self, Event, EventKind, Session, APPEND_OVERHEAD_BYTES};
 use crate::io_thread::IoThread;
+use crate::link::Link;
 use crate::transport;
 use crate::wake::Wake;
 
@@ -23,7 +25,7 @@ pub(crate) type Reply<T> = Sender<Result<T>>;
 /// What the handles ask of the I/O thread, in order.
 pub(crate) enum Command {
     /// An append frame carrying `audio_bytes` of audio.
-    Frame { text: String, audio_bytes: u64 },
+    Frame { text: Utf8Bytes, audio_bytes: u64 },
     /// `input_audio_buffer.commit`.
     Commit { text: String },
     /// `session.update`, optionally answered by `session.updated` or `error`.
@@ -69,6 +71,8 @@ impl Command {
 /// State shared by the handles and the I/O thread.
 pub(crate) struct Shared {
     commands: Sender<Command>,
+    /// The socket, for appends that can skip the queue; gone once the I/O thread has ended.
+    link: Weak<Mutex<Link>>,
     wake: Arc<Wake>,
     /// Set by a sender that signalled the wake-up, cleared by the I/O thread before it drains
     /// the queue: one wake-up write per batch instead of one per append.
@@ -91,7 +95,7 @@ pub(crate) struct Shared {
     append_lock: Mutex<()>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere while holding one of these small locks leaves valid data behind.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -188,7 +192,7 @@ impl Shared {
             pieces.map(|p| {
                 let mut text = String::new();
                 event::write_append_json(&mut text, p);
-                (text, p.len() as u64)
+                (text.into(), p.len() as u64)
             }),
         )?;
         self.appended_since_commit
@@ -214,7 +218,7 @@ impl Shared {
                 let p = std::str::from_utf8(p).unwrap_or_default();
                 let mut text = String::new();
                 event::write_append_json_b64(&mut text, p);
-                (text, (p.len() / 4 * 3) as u64)
+                (text.into(), (p.len() / 4 * 3) as u64)
             }),
         )?;
         self.appended_since_commit
@@ -222,14 +226,25 @@ impl Shared {
         Ok(())
     }
 
+    /// Sends one append's frames: a single frame straight onto the socket when it can
+    /// (`write_direct`), else through the queue, all frames of one append together.
     fn queue_frames(
         &self,
         count: usize,
         blocking: bool,
-        frames: impl Iterator<Item = (String, u64)>,
+        mut frames: impl Iterator<Item = (Utf8Bytes, u64)>,
     ) -> Result<(), TryAppendError> {
         let _order = (count > 1).then(|| lock(&self.append_lock));
-        self.guarded(|tx| {
+        let queued = self.guarded(|tx| {
+            let mut first = None;
+            if count == 1 {
+                if let Some((text, audio_bytes)) = frames.next() {
+                    match self.write_direct(text, audio_bytes) {
+                        Ok(()) => return Ok(false),
+                        Err(text) => first = Some((text, audio_bytes)),
+                    }
+                }
+            }
             if !blocking {
                 // Only the I/O thread takes from the queue, so room can only grow meanwhile.
                 let room = tx.capacity().unwrap_or(usize::MAX) - tx.len();
@@ -237,7 +252,7 @@ impl Shared {
                     return Err(TryAppendError::Full);
                 }
             }
-            for (text, audio_bytes) in frames {
+            for (text, audio_bytes) in first.into_iter().chain(frames) {
                 let cmd = Command::Frame { text, audio_bytes };
                 let sent = if blocking {
                     tx.send(cmd).map_err(|_| Error::Closed)
@@ -249,10 +264,61 @@ impl Shared {
                 };
                 sent?;
             }
-            Ok(())
+            Ok(true)
         })?;
-        self.wake();
+        if queued {
+            self.wake();
+        }
         Ok(())
+    }
+
+    /// Writes one append frame to the socket from the caller's thread, if nothing has to
+    /// come first: the I/O thread is asleep (the lock is free), the connection is open and
+    /// the socket has room, no command is queued, no multi-frame append is being queued.
+    /// Never waits; gives the frame back when it must take the queue instead.
+    fn write_direct(&self, text: Utf8Bytes, audio_bytes: u64) -> Result<(), Utf8Bytes> {
+        let Some(link) = self.link.upgrade() else {
+            return Err(text);
+        };
+        let Some(_order) = try_lock(&self.append_lock) else {
+            return Err(text);
+        };
+        let Some(mut link) = try_lock(&link) else {
+            return Err(text);
+        };
+        // Under the lock the queue cannot drain behind our back: the I/O thread takes
+        // commands only while holding it.
+        if !link.open || link.write_blocked || !self.commands.is_empty() {
+            return Err(text);
+        }
+        if link
+            .write_audio(text.clone(), audio_bytes, self.bytes_per_ms())
+            .is_err()
+        {
+            // The connection failed. The I/O thread finds out on its next read; a frame the
+            // replay window keeps is sent again after a reconnect, any other takes the
+            // queue, so that it is sent after a reconnect or reported as dropped.
+            link.open = false;
+            let kept = link.replay.is_some();
+            drop(link);
+            self.wake();
+            return if kept { Ok(()) } else { Err(text) };
+        }
+        if !link.flush() {
+            // The socket is full: the I/O thread waits for room and writes the rest.
+            drop(link);
+            self.wake();
+        }
+        Ok(())
+    }
+}
+
+/// Takes a lock if it is free; a poisoned one is taken too (see `lock`).
+fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
     }
 }
 
@@ -297,7 +363,8 @@ fn with_le_bytes<R>(samples: &[i16], f: impl FnOnce(&[u8]) -> R) -> R {
 }
 
 /// A cheap, cloneable handle that feeds audio (and client events) into one conversation,
-/// for example from a capture thread. It never touches the network itself.
+/// for example from a capture thread. It never waits on the network: it writes a frame to
+/// the socket itself only when that cannot block, and queues it for the I/O thread otherwise.
 #[derive(Clone)]
 pub struct AudioSender {
     shared: Arc<Shared>,
@@ -416,10 +483,18 @@ impl Conversation {
             .map(Arc::new)
             .map_err(|e| Error::Internal(format!("wake-up handle: {e}")))?;
         let (cmd_tx, cmd_rx) = bounded(params.send_queue_frames);
+        // Closed to senders (`open` false) until the I/O thread has set up its replay window.
+        let link = Arc::new(Mutex::new(Link {
+            socket: opened.socket,
+            replay: None,
+            open: false,
+            write_blocked: false,
+        }));
         let (ev_tx, ev_rx) = unbounded();
         let defaults = SessionConfig::default();
         let shared = Arc::new(Shared {
             commands: cmd_tx,
+            link: Arc::downgrade(&link),
             wake: Arc::clone(&wake),
             wake_pending: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -442,7 +517,7 @@ impl Conversation {
         // Cannot fail: we hold the receiver.
         let _ = ev_tx.send(opened.created);
         let io = IoThread {
-            socket: opened.socket,
+            link,
             tcp: opened.tcp,
             wake,
             commands: cmd_rx,

@@ -310,10 +310,24 @@ impl Event {
     /// Parses one text frame from the server. Never fails: a frame that is not a valid event
     /// becomes [`EventKind::Malformed`] with its text kept.
     pub fn parse(text: String) -> Event {
-        let kind = match serde_json::from_str::<Value>(&text) {
-            Ok(v) => kind_of(v),
-            Err(e) => EventKind::Malformed {
-                reason: format!("invalid JSON: {e}"),
+        // A first pass reads only the type, a second goes straight into the typed struct: no
+        // JSON tree is built, which was most of the cost of receiving an event. A frame that
+        // fails the first pass takes the tree, whose messages say what is wrong with it.
+        // (serde takes a JSON array for a struct too: only an object may take the fast path.)
+        let object = text.trim_start().starts_with('{');
+        let fast = object.then(|| serde_json::from_str::<TypeOnly>(&text));
+        let kind = match fast {
+            Some(Ok(TypeOnly { ty: Some(ty) })) => kind_of(&ty, Source::Text(&text)),
+            _ => match serde_json::from_str::<Value>(&text) {
+                Ok(v) => match v.get("type").and_then(Value::as_str).map(str::to_owned) {
+                    Some(ty) => kind_of(&ty, Source::Tree(v)),
+                    None => EventKind::Malformed {
+                        reason: "no string field \"type\"".into(),
+                    },
+                },
+                Err(e) => EventKind::Malformed {
+                    reason: format!("invalid JSON: {e}"),
+                },
             },
         };
         Event {
@@ -416,61 +430,71 @@ impl Event {
     }
 }
 
-fn kind_of(v: Value) -> EventKind {
-    let Some(event_type) = v.get("type").and_then(Value::as_str).map(str::to_owned) else {
-        return EventKind::Malformed {
-            reason: "no string field \"type\"".into(),
-        };
-    };
+/// The `type` of a server event, and nothing else.
+#[derive(Deserialize)]
+struct TypeOnly<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Where a typed event is read from: the frame's text, or a tree already parsed.
+enum Source<'a> {
+    Text(&'a str),
+    Tree(Value),
+}
+
+impl Source<'_> {
+    fn get<T: serde::de::DeserializeOwned>(self) -> serde_json::Result<T> {
+        match self {
+            Source::Text(t) => serde_json::from_str(t),
+            Source::Tree(v) => serde_json::from_value(v),
+        }
+    }
+}
+
+fn kind_of(event_type: &str, v: Source<'_>) -> EventKind {
     if event_type.starts_with("client.") {
         // The library's own namespace: a server frame must not pass for one of its events.
         return EventKind::Malformed {
             reason: format!("{event_type}: a server event in the client.… namespace"),
         };
     }
-    let typed =
-        match event_type.as_str() {
-            "session.created" => serde_json::from_value::<WithSession>(v)
-                .map(|w| EventKind::SessionCreated(w.session)),
-            "session.updated" => serde_json::from_value::<WithSession>(v)
-                .map(|w| EventKind::SessionUpdated(w.session)),
-            "input_audio_buffer.speech_started" => {
-                serde_json::from_value::<Ids>(v).map(|i| EventKind::SpeechStarted {
-                    item_id: i.item_id,
-                    audio_start_ms: i.audio_start_ms,
-                })
+    let typed = match event_type {
+        "session.created" => v
+            .get::<WithSession>()
+            .map(|w| EventKind::SessionCreated(w.session)),
+        "session.updated" => v
+            .get::<WithSession>()
+            .map(|w| EventKind::SessionUpdated(w.session)),
+        "input_audio_buffer.speech_started" => v.get::<Ids>().map(|i| EventKind::SpeechStarted {
+            item_id: i.item_id,
+            audio_start_ms: i.audio_start_ms,
+        }),
+        "input_audio_buffer.speech_stopped" => v.get::<Ids>().map(|i| EventKind::SpeechStopped {
+            item_id: i.item_id,
+            audio_end_ms: i.audio_end_ms,
+        }),
+        "input_audio_buffer.committed" => v.get::<Ids>().map(|i| EventKind::Committed {
+            item_id: i.item_id,
+            previous_item_id: i.previous_item_id,
+        }),
+        "conversation.item.created" => v.get::<ItemCreated>().map(|i| EventKind::ItemCreated {
+            item_id: i.item.and_then(|it| it.id),
+            previous_item_id: i.previous_item_id,
+        }),
+        "conversation.item.input_audio_transcription.text" => v.get().map(EventKind::Partial),
+        "conversation.item.input_audio_transcription.completed" => {
+            v.get().map(EventKind::Completed)
+        }
+        "conversation.item.input_audio_transcription.failed" => v.get().map(EventKind::Failed),
+        "session.finished" => Ok(EventKind::SessionFinished),
+        "error" => v.get::<WithError>().map(|w| EventKind::Error(w.error)),
+        _ => {
+            return EventKind::Unknown {
+                event_type: event_type.to_owned(),
             }
-            "input_audio_buffer.speech_stopped" => {
-                serde_json::from_value::<Ids>(v).map(|i| EventKind::SpeechStopped {
-                    item_id: i.item_id,
-                    audio_end_ms: i.audio_end_ms,
-                })
-            }
-            "input_audio_buffer.committed" => {
-                serde_json::from_value::<Ids>(v).map(|i| EventKind::Committed {
-                    item_id: i.item_id,
-                    previous_item_id: i.previous_item_id,
-                })
-            }
-            "conversation.item.created" => {
-                serde_json::from_value::<ItemCreated>(v).map(|i| EventKind::ItemCreated {
-                    item_id: i.item.and_then(|it| it.id),
-                    previous_item_id: i.previous_item_id,
-                })
-            }
-            "conversation.item.input_audio_transcription.text" => {
-                serde_json::from_value(v).map(EventKind::Partial)
-            }
-            "conversation.item.input_audio_transcription.completed" => {
-                serde_json::from_value(v).map(EventKind::Completed)
-            }
-            "conversation.item.input_audio_transcription.failed" => {
-                serde_json::from_value(v).map(EventKind::Failed)
-            }
-            "session.finished" => Ok(EventKind::SessionFinished),
-            "error" => serde_json::from_value::<WithError>(v).map(|w| EventKind::Error(w.error)),
-            _ => return EventKind::Unknown { event_type },
-        };
+        }
+    };
     typed.unwrap_or_else(|e| EventKind::Malformed {
         reason: format!("{event_type}: {e}"),
     })

@@ -1,14 +1,16 @@
-//! The I/O thread: the only owner of the socket (tungstenite cannot be read and written from
-//! two threads). It sleeps in `poll(2)` on the socket and a wake-up fd that command
-//! senders signal, with the next keepalive deadline as its only timeout, so an idle
-//! conversation costs no CPU and an append reaches the wire as soon as it is queued. When the
-//! link dies it reconnects, if asked to, and replays what had no result yet.
+//! The I/O thread: it reads the socket, sends what is queued, keeps the connection alive and
+//! replaces it when it dies. It sleeps in `poll(2)` on the socket and a wake-up fd that
+//! command senders signal, with the next keepalive deadline as its only timeout, so an idle
+//! conversation costs no CPU. tungstenite cannot be used from two threads at once, so the
+//! socket sits behind one lock (`link`): senders take it, when it is free, to write their own
+//! append frames while this thread sleeps. When the link dies it reconnects, if asked to, and
+//! replays what had no result yet.
 
 use std::io::ErrorKind;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -17,9 +19,10 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::config::{ApiKey, ConnectParams};
-use crate::conversation::{Command, Reply, Shared};
+use crate::conversation::{lock, Command, Reply, Shared};
 use crate::error::Error;
 use crate::event::{self, Event, EventKind, Session};
+use crate::link::Link;
 use crate::replay::Replay;
 use crate::transport::{self, Opened, Socket};
 use crate::wake::Wake;
@@ -35,7 +38,8 @@ const HELD_PARTIAL_RETRY: Duration = Duration::from_millis(50);
 const RETRYABLE_CLOSE_CODES: [u16; 6] = [1001, 1006, 1011, 1012, 1013, 1014];
 
 pub(crate) struct IoThread {
-    pub socket: Socket,
+    /// The socket, shared with senders that write their own frames (see `link`).
+    pub link: Arc<Mutex<Link>>,
     pub tcp: TcpStream,
     pub wake: Arc<Wake>,
     pub commands: Receiver<Command>,
@@ -129,8 +133,8 @@ impl EventOut {
 struct State {
     out: EventOut,
     waiters: Waiters,
-    /// Sent audio without a result yet; only kept when reconnecting is on.
-    replay: Option<Replay>,
+    /// Audio whose write failed with the connection and that no replay window keeps.
+    unsent_bytes: u64,
     /// The last `session.update` sent, to configure a new session the same way.
     last_update: Option<Utf8Bytes>,
     /// `session.finish` was sent and `session.finished` has not come.
@@ -186,6 +190,10 @@ fn jittered(d: Duration, jitter: f64) -> Duration {
 
 impl IoThread {
     pub fn run(mut self) {
+        lock(&self.link).replay = self.params.reconnect.map(|p| {
+            let bpm = self.shared.bytes_per_ms();
+            Replay::new(p.replay_window.as_millis() as u64 * bpm, bpm)
+        });
         let mut st = State {
             out: EventOut {
                 tx: self.events.clone(),
@@ -193,10 +201,7 @@ impl IoThread {
                 held: None,
             },
             waiters: Waiters::default(),
-            replay: self.params.reconnect.map(|p| {
-                let bpm = self.shared.bytes_per_ms();
-                Replay::new(p.replay_window.as_millis() as u64 * bpm, bpm)
-            }),
+            unsent_bytes: 0,
             last_update: None,
             finish_sent: false,
         };
@@ -218,7 +223,7 @@ impl IoThread {
             }
         };
         st.waiters.fail_all(code, &reason);
-        let queued = self.shutdown_queue();
+        let queued = self.shutdown_queue() + st.unsent_bytes;
         if queued > 0 {
             let ms = self.shared.bytes_to_ms(queued);
             log::warn!("{ms} ms of queued audio was not sent: the connection closed");
@@ -227,7 +232,7 @@ impl IoThread {
                 reason: format!("the connection closed (code {code}) before it was sent"),
             }));
         }
-        if let Some(replay) = &mut st.replay {
+        if let Some(replay) = &mut lock(&self.link).replay {
             let lost = replay.unacked_ms() + replay.take_lost_ms();
             if lost > 0 && !self.shared.close_requested.load(Ordering::SeqCst) {
                 st.out.push(Event::client(EventKind::AudioDropped {
@@ -268,118 +273,134 @@ impl IoThread {
     }
 
     /// Runs one connection until it ends.
-    fn serve(&mut self, st: &mut State) -> LinkEnd {
+    fn serve(&self, st: &mut State) -> LinkEnd {
         if let Err(e) = self.tcp.set_nonblocking(true) {
             return lost(1006, format!("cannot make the socket non-blocking: {e}"));
         }
-        let ka = self.params.keepalive;
-        let mut last_rx = Instant::now();
-        let mut next_ping = ka.ping_interval.map(|i| Instant::now() + i);
-        // Set when we sent a close frame: the code to report, and how long to wait for the echo.
-        let mut closing: Option<(u16, String, Instant)> = None;
-        let mut write_blocked = false;
-        // What the last poll found ready; everything, the first time round.
-        let mut ready = Ready {
-            socket: true,
-            wake: true,
+        let mut p = Pass {
+            last_rx: Instant::now(),
+            next_ping: self
+                .params
+                .keepalive
+                .ping_interval
+                .map(|i| Instant::now() + i),
+            closing: None,
+            // Everything, the first time round.
+            ready: Ready {
+                socket: true,
+                wake: true,
+            },
         };
+        {
+            let mut link = lock(&self.link);
+            link.open = true;
+            link.write_blocked = false;
+        }
         loop {
-            // Read only when poll said so: after a read that ended in WouldBlock, no whole
-            // message is left in tungstenite's buffer (nor in TLS's), so there is nothing to find.
-            let flow = if ready.socket {
-                self.read_all(st)
-            } else {
-                Flow::Continue { got_frames: false }
-            };
-            match flow {
-                Flow::Ended(end) => {
-                    return match closing {
-                        Some((ours, why, _)) => LinkEnd::Closed(ours, why),
-                        None => end,
-                    }
+            // Held for the whole pass, and let go of while we sleep: senders write their own
+            // frames only in between.
+            let mut link = lock(&self.link);
+            match self.pass(&mut link, st, &mut p) {
+                Ok((want_write, timeout)) => {
+                    drop(link);
+                    p.ready = self.wait(want_write, p.closing.is_none(), timeout);
                 }
-                Flow::Continue { got_frames: true } => last_rx = Instant::now(),
-                Flow::Continue { got_frames: false } => {}
-            }
-            let now = Instant::now();
-            // No pings once either side has started closing: tungstenite refuses to send
-            // then, and the peer's close is a normal end, not a dead link.
-            let open = closing.is_none() && self.socket.can_write();
-            if let (Some(interval), true) = (ka.ping_interval, open) {
-                if now.duration_since(last_rx) >= ka.dead_peer_timeout {
-                    let reason = format!(
-                        "nothing from the server for {:.1} s (dead_peer_timeout)",
-                        ka.dead_peer_timeout.as_secs_f64()
-                    );
-                    log::warn!("{reason}");
-                    return lost(1006, reason);
-                }
-                if next_ping.is_some_and(|t| now >= t) {
-                    if let Err(e) = self.socket.write(Message::Ping(Bytes::new())) {
-                        if !matches!(&e, tungstenite::Error::Io(io) if io.kind() == ErrorKind::WouldBlock)
-                        {
-                            return lost(1006, format!("ping failed: {e}"));
-                        }
-                    }
-                    write_blocked = self.flush_blocked();
-                    next_ping = Some(now + interval);
+                Err(end) => {
+                    link.open = false;
+                    return end;
                 }
             }
-            if closing.is_none() {
-                match self.write_commands(st, &mut write_blocked, ready.wake) {
-                    Ok(Some((code, reason))) => {
-                        let frame = CloseFrame {
-                            code: CloseCode::from(code),
-                            reason: reason.clone().into(),
-                        };
-                        // Errors here mean the socket is already gone; read_all reports it.
-                        let _ = self.socket.close(Some(frame));
-                        write_blocked = self.flush_blocked();
-                        closing = Some((code, reason, Instant::now() + CLOSE_HANDSHAKE));
-                    }
-                    Ok(None) => {}
-                    Err(end) => return end,
-                }
-            } else {
-                write_blocked = self.flush_blocked();
-            }
-            // The earliest deadline, if any (no allocation: this runs once per wake-up).
-            let mut deadline: Option<Instant> = None;
-            let mut at = |d: Instant| deadline = Some(deadline.map_or(d, |x| x.min(d)));
-            if st.out.retry_held() {
-                at(Instant::now() + HELD_PARTIAL_RETRY);
-            }
-            if let Some((code, reason, until)) = &closing {
-                if Instant::now() >= *until {
-                    return LinkEnd::Closed(*code, reason.clone());
-                }
-                at(*until);
-            } else if ka.ping_interval.is_some() {
-                if let Some(t) = next_ping {
-                    at(t);
-                }
-                at(last_rx + ka.dead_peer_timeout);
-            }
-            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            ready = self.wait(write_blocked, closing.is_none(), timeout);
         }
     }
 
-    /// Flushes tungstenite's write buffer; true while the socket cannot take more.
-    fn flush_blocked(&mut self) -> bool {
-        match self.socket.flush() {
-            Ok(()) => false,
-            Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => true,
-            // Other errors surface on the next read as the connection's end.
-            Err(_) => false,
+    /// One look at everything after a wake-up: incoming messages, keepalive, queued commands.
+    /// Returns whether to wait for room in the socket, and for how long to sleep at most.
+    fn pass(
+        &self,
+        link: &mut Link,
+        st: &mut State,
+        p: &mut Pass,
+    ) -> Result<(bool, Option<Duration>), LinkEnd> {
+        let ka = self.params.keepalive;
+        // Read only when poll said so: after a read that ended in WouldBlock, no whole
+        // message is left in tungstenite's buffer (nor in TLS's), so there is nothing to find.
+        let flow = if p.ready.socket {
+            self.read_all(link, st)
+        } else {
+            Flow::Continue { got_frames: false }
+        };
+        match flow {
+            Flow::Ended(end) => {
+                return Err(match p.closing.take() {
+                    Some((ours, why, _)) => LinkEnd::Closed(ours, why),
+                    None => end,
+                })
+            }
+            Flow::Continue { got_frames: true } => p.last_rx = Instant::now(),
+            Flow::Continue { got_frames: false } => {}
         }
+        let now = Instant::now();
+        // No pings once either side has started closing: tungstenite refuses to send
+        // then, and the peer's close is a normal end, not a dead link.
+        let open = p.closing.is_none() && link.socket.can_write();
+        if let (Some(interval), true) = (ka.ping_interval, open) {
+            if now.duration_since(p.last_rx) >= ka.dead_peer_timeout {
+                let reason = format!(
+                    "nothing from the server for {:.1} s (dead_peer_timeout)",
+                    ka.dead_peer_timeout.as_secs_f64()
+                );
+                log::warn!("{reason}");
+                return Err(lost(1006, reason));
+            }
+            if p.next_ping.is_some_and(|t| now >= t) {
+                if let Err(e) = link.write(Message::Ping(Bytes::new())) {
+                    return Err(lost(1006, format!("ping failed: {e}")));
+                }
+                link.flush();
+                p.next_ping = Some(now + interval);
+            }
+        }
+        if p.closing.is_none() {
+            if let Some((code, reason)) = self.write_commands(link, st, p.ready.wake)? {
+                link.open = false;
+                let frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.clone().into(),
+                };
+                // Errors here mean the socket is already gone; read_all reports it.
+                let _ = link.socket.close(Some(frame));
+                link.flush();
+                p.closing = Some((code, reason, Instant::now() + CLOSE_HANDSHAKE));
+            }
+        } else {
+            link.flush();
+        }
+        // The earliest deadline, if any (no allocation: this runs once per wake-up).
+        let mut deadline: Option<Instant> = None;
+        let mut at = |d: Instant| deadline = Some(deadline.map_or(d, |x| x.min(d)));
+        if st.out.retry_held() {
+            at(Instant::now() + HELD_PARTIAL_RETRY);
+        }
+        if let Some((code, reason, until)) = &p.closing {
+            if Instant::now() >= *until {
+                return Err(LinkEnd::Closed(*code, reason.clone()));
+            }
+            at(*until);
+        } else if ka.ping_interval.is_some() {
+            if let Some(t) = p.next_ping {
+                at(t);
+            }
+            at(p.last_rx + ka.dead_peer_timeout);
+        }
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        Ok((link.write_blocked, timeout))
     }
 
     /// Reads every message available without blocking.
-    fn read_all(&mut self, st: &mut State) -> Flow {
+    fn read_all(&self, link: &mut Link, st: &mut State) -> Flow {
         let mut got_frames = false;
         loop {
-            let message = match self.socket.read() {
+            let message = match link.socket.read() {
                 Ok(m) => m,
                 Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
                     return Flow::Continue { got_frames };
@@ -396,11 +417,11 @@ impl IoThread {
                 Err(tungstenite::Error::Capacity(e)) => {
                     let reason = format!("incoming message too large: {e}");
                     log::warn!("{reason}");
-                    let _ = self.socket.close(Some(CloseFrame {
+                    let _ = link.socket.close(Some(CloseFrame {
                         code: CloseCode::Size,
                         reason: "message too large".into(),
                     }));
-                    let _ = self.socket.flush();
+                    link.flush();
                     // Not retryable: the same server would send the same message again.
                     return Flow::Ended(LinkEnd::Lost {
                         code: 1009,
@@ -426,7 +447,7 @@ impl IoThread {
             match message {
                 Message::Text(text) => {
                     let event = Event::parse(text.as_str().to_owned());
-                    self.on_event(&event, st);
+                    self.on_event(&event, st, &mut link.replay);
                     log::debug!("event {}", event.type_name());
                     st.out.push(event);
                 }
@@ -448,8 +469,8 @@ impl IoThread {
     }
 
     /// Bookkeeping that must happen before the caller sees the event.
-    fn on_event(&mut self, event: &Event, st: &mut State) {
-        if let Some(replay) = &mut st.replay {
+    fn on_event(&self, event: &Event, st: &mut State, replay: &mut Option<Replay>) {
+        if let Some(replay) = replay {
             replay.observe(&event.kind);
         }
         let waiters = &mut st.waiters;
@@ -497,18 +518,18 @@ impl IoThread {
     /// one write (tungstenite buffers up to `write_buffer_size`), flushed once the queue is
     /// empty. Returns a close request, or the connection's end if writing failed.
     fn write_commands(
-        &mut self,
+        &self,
+        link: &mut Link,
         st: &mut State,
-        write_blocked: &mut bool,
         woken: bool,
     ) -> Result<Option<(u16, String)>, LinkEnd> {
         if woken {
             self.drain_wake();
         }
         loop {
-            if *write_blocked {
-                *write_blocked = self.flush_blocked();
-                if *write_blocked {
+            if link.write_blocked {
+                link.flush();
+                if link.write_blocked {
                     // Leave the rest queued: the bounded queue is the caller's backpressure.
                     return Ok(None);
                 }
@@ -516,25 +537,24 @@ impl IoThread {
             let cmd = match self.commands.try_recv() {
                 Ok(c) => c,
                 Err(TryRecvError::Empty) => {
-                    *write_blocked = self.flush_blocked();
+                    link.flush();
                     return Ok(None);
                 }
                 Err(TryRecvError::Disconnected) => return Ok(Some((1000, "bye".into()))),
             };
-            let text: Utf8Bytes = match cmd {
+            let written = match cmd {
                 Command::Frame { text, audio_bytes } => {
-                    let text = Utf8Bytes::from(text);
-                    if let Some(replay) = &mut st.replay {
-                        replay.set_bytes_per_ms(self.shared.bytes_per_ms());
-                        replay.audio(text.clone(), audio_bytes);
+                    let r = link.write_audio(text, audio_bytes, self.shared.bytes_per_ms());
+                    if r.is_err() && link.replay.is_none() {
+                        st.unsent_bytes += audio_bytes;
                     }
-                    text
+                    r
                 }
                 Command::Commit { text } => {
-                    if let Some(replay) = &mut st.replay {
+                    if let Some(replay) = &mut link.replay {
                         replay.commit();
                     }
-                    text.into()
+                    link.write(Message::Text(text.into()))
                 }
                 Command::Update {
                     text,
@@ -544,7 +564,7 @@ impl IoThread {
                     st.waiters.update = reply.map(|r| (event_id, r));
                     let text = Utf8Bytes::from(text);
                     st.last_update = Some(text.clone());
-                    text
+                    link.write(Message::Text(text))
                 }
                 Command::Finish {
                     text,
@@ -553,7 +573,7 @@ impl IoThread {
                 } => {
                     st.waiters.finish = reply.map(|r| (event_id, r));
                     st.finish_sent = true;
-                    text.into()
+                    link.write(Message::Text(text.into()))
                 }
                 Command::Notify(event) => {
                     st.out.push(event);
@@ -561,16 +581,9 @@ impl IoThread {
                 }
                 Command::Close { code, reason } => return Ok(Some((code, reason))),
             };
-            match self.socket.write(Message::Text(text)) {
-                Ok(()) => {}
-                // The frame is buffered; the rest waits until the socket drains.
-                Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
-                    *write_blocked = true;
-                }
-                Err(e) => {
-                    let (code, reason) = self.shared.peer_close().unwrap_or((1006, e.to_string()));
-                    return Err(lost(code, reason));
-                }
+            if let Err(e) = written {
+                let (code, reason) = self.shared.peer_close().unwrap_or((1006, e.to_string()));
+                return Err(lost(code, reason));
             }
         }
     }
@@ -580,7 +593,7 @@ impl IoThread {
     /// poll to see; the other order can lose that wake-up and leave the command waiting.
     /// Skipping this when poll did not report the fd readable is safe: then no sender has
     /// signalled since the last drain, or one is about to and poll will see it.
-    fn drain_wake(&mut self) {
+    fn drain_wake(&self) {
         self.wake.drain();
         self.shared.wake_pending.store(false, Ordering::SeqCst);
     }
@@ -623,12 +636,8 @@ impl IoThread {
                         new_session_id,
                         replayed_ms,
                     }));
-                    if let Some(lost_ms) = st
-                        .replay
-                        .as_mut()
-                        .map(Replay::take_lost_ms)
-                        .filter(|&m| m > 0)
-                    {
+                    let lost_ms = lock(&self.link).replay.as_mut().map(Replay::take_lost_ms);
+                    if let Some(lost_ms) = lost_ms.filter(|&m| m > 0) {
                         st.out.push(Event::client(EventKind::AudioDropped {
                             ms: lost_ms,
                             reason: format!(
@@ -664,7 +673,7 @@ impl IoThread {
     }
 
     /// Sleeps for `d` unless the caller closes meanwhile; true if they did.
-    fn sleep_unless_closed(&mut self, d: Duration) -> bool {
+    fn sleep_unless_closed(&self, d: Duration) -> bool {
         let deadline = Instant::now() + d;
         loop {
             if self.shared.close_requested.load(Ordering::SeqCst) {
@@ -691,7 +700,10 @@ impl IoThread {
             created,
         } = opened;
         self.shared.clear_peer_close();
-        self.on_event(&created, st);
+        // Held throughout: `open` is false, so senders queue meanwhile rather than wait.
+        let link = Arc::clone(&self.link);
+        let mut link = lock(&link);
+        self.on_event(&created, st, &mut link.replay);
         st.out.push(created);
         let t = self.params.timeouts;
         let io = |phase| move |source| Error::Io { phase, source };
@@ -722,7 +734,7 @@ impl IoThread {
                         return Err(Error::Handshake(format!("while resuming the session: {e}")))
                     }
                 };
-                self.on_event(&event, st);
+                self.on_event(&event, st, &mut link.replay);
                 let done = match &event.kind {
                     EventKind::SessionUpdated(_) => true,
                     EventKind::Error(e) => return Err(Error::Server(e.clone())),
@@ -734,7 +746,7 @@ impl IoThread {
                 }
             }
         }
-        let (frames, replayed_ms) = match &mut st.replay {
+        let (frames, replayed_ms) = match &mut link.replay {
             Some(r) => r.start_session(),
             None => (Vec::new(), 0),
         };
@@ -754,7 +766,8 @@ impl IoThread {
             .map_err(io(crate::Phase::Handshake))?;
         tcp.set_write_timeout(None)
             .map_err(io(crate::Phase::Handshake))?;
-        self.socket = socket;
+        link.socket = socket;
+        drop(link);
         self.tcp = tcp;
         Ok(replayed_ms)
     }
@@ -772,6 +785,16 @@ fn ws_error(e: tungstenite::Error) -> Error {
 
 fn send_blocking(socket: &mut Socket, m: Message) -> Result<(), Error> {
     socket.send(m).map_err(ws_error)
+}
+
+/// What one connection's loop carries from one pass to the next.
+struct Pass {
+    last_rx: Instant,
+    next_ping: Option<Instant>,
+    /// Set when we sent a close frame: the code to report, and how long to wait for the echo.
+    closing: Option<(u16, String, Instant)>,
+    /// What the last poll found ready.
+    ready: Ready,
 }
 
 /// What poll(2) found ready.

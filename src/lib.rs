@@ -8,6 +8,7 @@ pub mod conversation;
 pub mod error;
 pub mod event;
 mod io_thread;
+mod link;
 mod proxy;
 mod replay;
 pub mod transport;
