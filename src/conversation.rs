@@ -91,7 +91,8 @@ pub(crate) struct Shared {
     pcm: AtomicBool,
     appended_since_commit: AtomicU64,
     max_frame_bytes: usize,
-    /// Held while one append's frames are queued, so two threads' audio never interleaves.
+    /// Held while one append's frames are sent or queued, so two threads' audio never
+    /// interleaves.
     append_lock: Mutex<()>,
 }
 
@@ -234,7 +235,14 @@ impl Shared {
         blocking: bool,
         mut frames: impl Iterator<Item = (Utf8Bytes, u64)>,
     ) -> Result<(), TryAppendError> {
-        let _order = (count > 1).then(|| lock(&self.append_lock));
+        // Every append holds this lock while it sends, single frames too: otherwise another
+        // thread's frame could land between the frames of a long append. A non-blocking
+        // append must not wait for a long one to be queued, so it reports Full instead.
+        let _order = if blocking {
+            lock(&self.append_lock)
+        } else {
+            try_lock(&self.append_lock).ok_or(TryAppendError::Full)?
+        };
         let queued = self.guarded(|tx| {
             let mut first = None;
             if count == 1 {
@@ -274,13 +282,10 @@ impl Shared {
 
     /// Writes one append frame to the socket from the caller's thread, if nothing has to
     /// come first: the I/O thread is asleep (the lock is free), the connection is open and
-    /// the socket has room, no command is queued, no multi-frame append is being queued.
-    /// Never waits; gives the frame back when it must take the queue instead.
+    /// the socket has room, no command is queued. The caller holds `append_lock`. Never
+    /// waits; gives the frame back when it must take the queue instead.
     fn write_direct(&self, text: Utf8Bytes, audio_bytes: u64) -> Result<(), Utf8Bytes> {
         let Some(link) = self.link.upgrade() else {
-            return Err(text);
-        };
-        let Some(_order) = try_lock(&self.append_lock) else {
             return Err(text);
         };
         let Some(mut link) = try_lock(&link) else {
@@ -378,8 +383,8 @@ impl AudioSender {
         with_le_bytes(samples, |b| self.shared.append(b, true)).map_err(into_error)
     }
 
-    /// Queues 16-bit PCM samples if the queue has room for all of them; on
-    /// [`TryAppendError::Full`] nothing was taken.
+    /// Queues 16-bit PCM samples if the queue has room for all of them and no other thread
+    /// is in the middle of an append; on [`TryAppendError::Full`] nothing was taken.
     pub fn try_append_pcm(&self, samples: &[i16]) -> Result<(), TryAppendError> {
         self.check_pcm_session()?;
         with_le_bytes(samples, |b| self.shared.append(b, false))
@@ -629,7 +634,8 @@ impl Conversation {
     }
 
     /// Like [`append_pcm`](Self::append_pcm) but never waits: on
-    /// [`TryAppendError::Full`] nothing was taken.
+    /// [`TryAppendError::Full`] (no room in the queue, or another thread in the middle of an
+    /// append) nothing was taken.
     pub fn try_append_pcm(&self, samples: &[i16]) -> Result<(), TryAppendError> {
         self.audio_sender().try_append_pcm(samples)
     }

@@ -231,6 +231,60 @@ fn a_large_append_is_split_under_the_frame_cap_and_arrives_whole() {
     assert!(s.appends >= 128000 / 3000, "{} frames", s.appends);
 }
 
+/// Two threads append at once: one in appends split over several frames, the other in
+/// single frames, which may go straight to the socket. Each append must reach the server in
+/// one piece and each thread's appends in their order.
+#[test]
+fn appends_from_two_threads_never_interleave_and_keep_their_order() {
+    let emu = start_emulator(EmulatorConfig {
+        record_audio: true,
+        ..Default::default()
+    });
+    let mut params = params_for(&emu);
+    params.max_frame_bytes = 4096; // 6000 samples = 12 kB: four frames per large append
+    let conv = Conversation::start(params, &SessionConfig::manual()).unwrap();
+    const LARGE: (usize, usize) = (40, 6000); // appends, samples each
+    const SMALL: (usize, usize) = (600, 160);
+    let sender = conv.audio_sender();
+    let small = std::thread::spawn(move || {
+        for j in 0..SMALL.0 {
+            sender
+                .append_pcm(&[-1 - j as i16; SMALL.1])
+                .expect("small append");
+        }
+    });
+    for i in 0..LARGE.0 {
+        conv.append_pcm(&vec![1 + i as i16; LARGE.1])
+            .expect("large append");
+    }
+    small.join().unwrap();
+    conv.commit().unwrap();
+    conv.end_session(WAIT).unwrap();
+
+    let s = &emu.sessions()[0];
+    let samples: Vec<i16> = s
+        .audio_data
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    assert_eq!(samples.len(), LARGE.0 * LARGE.1 + SMALL.0 * SMALL.1);
+    // Runs of one value: each append is exactly one run, and the runs of each thread come in
+    // the order they were appended.
+    let mut runs: Vec<(i16, usize)> = Vec::new();
+    for &v in &samples {
+        match runs.last_mut() {
+            Some((last, n)) if *last == v => *n += 1,
+            _ => runs.push((v, 1)),
+        }
+    }
+    let large: Vec<(i16, usize)> = runs.iter().copied().filter(|r| r.0 > 0).collect();
+    let small: Vec<(i16, usize)> = runs.iter().copied().filter(|r| r.0 < 0).collect();
+    let expect_large: Vec<(i16, usize)> = (0..LARGE.0).map(|i| (1 + i as i16, LARGE.1)).collect();
+    let expect_small: Vec<(i16, usize)> = (0..SMALL.0).map(|j| (-1 - j as i16, SMALL.1)).collect();
+    assert_eq!(large, expect_large, "a large append was split or reordered");
+    assert_eq!(small, expect_small, "a small append was split or reordered");
+}
+
 fn base64_of(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)
