@@ -2,6 +2,7 @@
 //! cloneable [`AudioSender`] that feeds it, and the command queue between them and the I/O
 //! thread.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::thread::JoinHandle;
@@ -247,7 +248,7 @@ impl Shared {
             let mut first = None;
             if count == 1 {
                 if let Some((text, audio_bytes)) = frames.next() {
-                    match self.write_direct(text, audio_bytes) {
+                    match self.write_direct(text, audio_bytes, blocking) {
                         Ok(()) => return Ok(false),
                         Err(text) => first = Some((text, audio_bytes)),
                     }
@@ -281,42 +282,73 @@ impl Shared {
     }
 
     /// Writes one append frame to the socket from the caller's thread, if nothing has to
-    /// come first: the I/O thread is asleep (the lock is free), the connection is open and
-    /// the socket has room, no command is queued. The caller holds `append_lock`. Never
-    /// waits; gives the frame back when it must take the queue instead.
-    fn write_direct(&self, text: Utf8Bytes, audio_bytes: u64) -> Result<(), Utf8Bytes> {
-        let Some(link) = self.link.upgrade() else {
+    /// come first: the I/O thread is asleep (the lock is free), the connection is open, no
+    /// command is queued. The caller holds `append_lock`. When the socket is full, a blocking
+    /// append waits for room here, as a blocking write would; a non-blocking one, like every
+    /// append that cannot go straight out, gets its frame back to queue it instead.
+    fn write_direct(
+        &self,
+        text: Utf8Bytes,
+        audio_bytes: u64,
+        blocking: bool,
+    ) -> Result<(), Utf8Bytes> {
+        let Some(shared_link) = self.link.upgrade() else {
             return Err(text);
         };
-        let Some(mut link) = try_lock(&link) else {
-            return Err(text);
-        };
-        // Under the lock the queue cannot drain behind our back: the I/O thread takes
-        // commands only while holding it.
-        if !link.open || link.write_blocked || !self.commands.is_empty() {
-            return Err(text);
+        let mut waited = false;
+        loop {
+            let Some(mut link) = try_lock(&shared_link) else {
+                return Err(text);
+            };
+            // Under the lock the queue cannot drain behind our back: the I/O thread takes
+            // commands only while holding it.
+            if !link.open || !self.commands.is_empty() {
+                return Err(text);
+            }
+            if link.write_blocked && !link.flush() {
+                // Still full right after poll said there was room: the write wants something
+                // else (a TLS read, say), which only the I/O thread can do.
+                if !blocking || !link.write_blocked || waited {
+                    return Err(text);
+                }
+                // Waiting here rather than in the queue keeps the sending on this thread:
+                // queued, every frame would cost the I/O thread a pass, and this thread a
+                // wake-up each time the queue had room again. The I/O thread does not wait
+                // for room meanwhile (`room_waiters`), so one of us wakes, not both.
+                link.room_waiters += 1;
+                let fd = link.fd;
+                drop(link);
+                waited = crate::link::wait_writable(fd, ROOM_WAIT);
+                lock(&shared_link).room_waiters -= 1;
+                continue;
+            }
+            if link
+                .write_audio(text.clone(), audio_bytes, self.bytes_per_ms())
+                .is_err()
+            {
+                // The connection failed. The I/O thread finds out on its next read; a frame
+                // the replay window keeps is sent again after a reconnect, any other takes
+                // the queue, so that it is sent after a reconnect or reported as dropped.
+                link.open = false;
+                let kept = link.replay.is_some();
+                drop(link);
+                self.wake();
+                return if kept { Ok(()) } else { Err(text) };
+            }
+            if !link.flush() {
+                // The socket is full: the I/O thread waits for room and writes the rest,
+                // unless the next append comes first and does.
+                drop(link);
+                self.wake();
+            }
+            return Ok(());
         }
-        if link
-            .write_audio(text.clone(), audio_bytes, self.bytes_per_ms())
-            .is_err()
-        {
-            // The connection failed. The I/O thread finds out on its next read; a frame the
-            // replay window keeps is sent again after a reconnect, any other takes the
-            // queue, so that it is sent after a reconnect or reported as dropped.
-            link.open = false;
-            let kept = link.replay.is_some();
-            drop(link);
-            self.wake();
-            return if kept { Ok(()) } else { Err(text) };
-        }
-        if !link.flush() {
-            // The socket is full: the I/O thread waits for room and writes the rest.
-            drop(link);
-            self.wake();
-        }
-        Ok(())
     }
 }
+
+/// How long a blocking append waits for room in the socket before it looks again at the
+/// connection's state (closing, reconnecting).
+const ROOM_WAIT: Duration = Duration::from_millis(100);
 
 /// Takes a lock if it is free; a poisoned one is taken too (see `lock`).
 fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
@@ -490,6 +522,8 @@ impl Conversation {
         let (cmd_tx, cmd_rx) = bounded(params.send_queue_frames);
         // Closed to senders (`open` false) until the I/O thread has set up its replay window.
         let link = Arc::new(Mutex::new(Link {
+            fd: opened.tcp.as_raw_fd(),
+            room_waiters: 0,
             socket: opened.socket,
             replay: None,
             open: false,

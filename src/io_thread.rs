@@ -393,7 +393,8 @@ impl IoThread {
             at(p.last_rx + ka.dead_peer_timeout);
         }
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        Ok((link.write_blocked, timeout))
+        // A sender waiting for room writes the rest itself (see `Shared::write_direct`).
+        Ok((link.write_blocked && link.room_waiters == 0, timeout))
     }
 
     /// Reads every message available without blocking.
@@ -767,6 +768,7 @@ impl IoThread {
         tcp.set_write_timeout(None)
             .map_err(io(crate::Phase::Handshake))?;
         link.socket = socket;
+        link.fd = tcp.as_raw_fd();
         drop(link);
         self.tcp = tcp;
         Ok(replayed_ms)

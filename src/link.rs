@@ -9,6 +9,8 @@
 //! order is kept and the bounded queue stays the caller's backpressure.
 
 use std::io::ErrorKind;
+use std::os::fd::RawFd;
+use std::time::Duration;
 
 use tungstenite::{Message, Utf8Bytes};
 
@@ -17,6 +19,11 @@ use crate::transport::Socket;
 
 pub(crate) struct Link {
     pub socket: Socket,
+    /// The socket's descriptor, to wait for room in it.
+    pub fd: RawFd,
+    /// Senders waiting for room in the socket themselves (see `Shared::write_direct`); while
+    /// there are any, the I/O thread leaves that wait to them.
+    pub room_waiters: usize,
     /// Sent audio without a result yet; only kept when reconnecting is on.
     pub replay: Option<Replay>,
     /// Senders may write here themselves: the I/O thread is serving this connection and has
@@ -75,4 +82,21 @@ impl Link {
             }
         }
     }
+}
+
+/// Sleeps until the socket can take more, or `timeout` passes; true in the first case. Only
+/// writability is asked for: incoming data must not end the wait, or a sender would spin
+/// while events arrive.
+pub(crate) fn wait_writable(fd: RawFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call. Should the descriptor
+    // have been closed meanwhile (a reconnect), poll reports POLLNVAL at once and the caller
+    // looks at the connection again under the lock.
+    let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+    ready > 0 && pfd.revents & libc::POLLOUT != 0
 }

@@ -476,3 +476,44 @@ fn a_slow_reader_gets_every_final_transcript_with_bounded_buffering() {
     // committed, created, completed) and one partial per utterance, and the closing events.
     assert!(max_len <= 32 + 6 * count + 4, "queue peaked at {max_len}");
 }
+
+/// The server stops reading for a while, so the socket fills and blocking appends must wait
+/// for room (in the caller's thread, see `Shared::write_direct`). Nothing may be lost,
+/// doubled or reordered, over ws:// and over wss://.
+#[test]
+fn appends_wait_out_a_server_that_stops_reading_and_lose_nothing() {
+    for tls in [false, true] {
+        let cert = tls.then(self_signed_cert);
+        let emu =
+            start_emulator(EmulatorConfig {
+                tls: cert.clone().map(|(cert_pem, key_pem)| {
+                    qwen_asr_realtime::emulator::TlsIdentity { cert_pem, key_pem }
+                }),
+                ..recording(vec![Fault::AfterAppends {
+                    n: 1,
+                    action: FaultAction::PauseReading(Duration::from_millis(300)),
+                }])
+            });
+        let mut params = params_for(&emu);
+        if let Some((cert_pem, _)) = cert {
+            params = params.root_certificate(cert_pem);
+        }
+        let conv = Conversation::start(params, &SessionConfig::manual()).unwrap();
+        // 240 s of audio, 10.5 MB on the wire: more than loopback's socket buffers take (up
+        // to 4 MB on the sending side, plus the receiver's window) while the server is not
+        // reading, so the sender runs into a full socket; on the development machine it
+        // waited for room three times in the two runs.
+        let audio: Vec<i16> = (0..RATE as i64 * 240)
+            .map(|i| ((i * 7919) % 65536 - 32768) as i16)
+            .collect();
+        for c in audio.chunks(CHUNK) {
+            conv.append_pcm(c).expect("append");
+        }
+        conv.commit().unwrap();
+        conv.end_session(WAIT)
+            .unwrap_or_else(|e| panic!("tls {tls}: {e}"));
+        let s = &emu.sessions()[0];
+        assert_eq!(s.audio, digest(&audio), "tls {tls}: the audio as sent");
+        assert_eq!(s.audio_data, le_bytes(&audio), "tls {tls}");
+    }
+}

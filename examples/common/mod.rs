@@ -12,8 +12,8 @@ use qwen_asr_realtime::{
 };
 
 /// The options the examples have in common.
-pub const COMMON_OPTIONS: &str = "\
-  --url URL          service endpoint (default: Beijing, wss://dashscope.aliyuncs.com/api-ws/v1/realtime;
+// (The first line is not continued from this one with `\`, which would eat its indent.)
+pub const COMMON_OPTIONS: &str = "  --url URL          service endpoint (default: Beijing, wss://dashscope.aliyuncs.com/api-ws/v1/realtime;
                      Singapore: wss://dashscope-intl.aliyuncs.com/api-ws/v1/realtime)
   --model NAME       model (default qwen3-asr-flash-realtime)
   --api-key KEY      API key (default: $DASHSCOPE_API_KEY, $DASHSCOPE_API_KEY_FILE_PATH, ~/.dashscope/api_key)
