@@ -40,6 +40,8 @@ options:
   --latency-chunks N      100 ms chunks in each latency run (default 500)
   --interval-ms N         one chunk, and one server event, every N ms there (default 20)
   --connects N            connect-to-first-append repetitions (default 20)
+  --repeat N              rounds of the streaming runs (ours, the SDK's, the floor's,
+                          interleaved); each row keeps its median run (default 3)
   --no-callgrind          skip the instruction counts (valgrind --tool=callgrind)
   --callgrind-python      count the Python SDK's instructions too (slow: minutes)
   --lean-dir DIR          also measure DIR/transcribe_file, built without TLS and ALSA
@@ -65,6 +67,7 @@ struct Options {
     callgrind: bool,
     callgrind_python: bool,
     lean_dir: Option<PathBuf>,
+    repeat: u32,
 }
 
 fn parse_options() -> Options {
@@ -80,6 +83,7 @@ fn parse_options() -> Options {
         callgrind: true,
         callgrind_python: false,
         lean_dir: None,
+        repeat: 3,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -107,12 +111,14 @@ fn parse_options() -> Options {
             "--no-callgrind" => o.callgrind = false,
             "--callgrind-python" => o.callgrind_python = true,
             "--lean-dir" => o.lean_dir = args.next().map(PathBuf::from),
+            "--repeat" => o.repeat = (num(&a) as u32).max(1),
             "--quick" => {
                 o.rt_secs = 3;
                 o.fast_secs = 30;
                 o.idle_secs = 3;
                 o.latency_chunks = 100;
                 o.connects = 5;
+                o.repeat = 1;
             }
             other => {
                 eprintln!("error: unknown option {other} (see --help)");
@@ -935,12 +941,51 @@ fn bench(o: &Options) -> Result<(), String> {
     let rt_s = f64::from(o.rt_secs);
     let fast_s = f64::from(o.fast_secs);
 
-    // Our client and the SDK, one after the other (2 shared cores: nothing else runs).
-    eprintln!("streaming {} s paced at real time", o.rt_secs);
-    let rs_rt = run(
-        "bench_client",
-        &mut rs_cmd(&["stream", &url, &wav_rt, "--realtime"]),
-    )?;
+    // Our client, the SDK and the floor, one after the other (2 shared cores: nothing else
+    // runs), `repeat` rounds interleaved so that a slow spell of the machine hits them all;
+    // each keeps its median run.
+    let mut rounds: Vec<[Option<Run>; 6]> = Vec::new();
+    for round in 1..=o.repeat {
+        eprintln!(
+            "round {round} of {}: {} s paced at real time, {} s as fast as possible, and the floor",
+            o.repeat, o.rt_secs, o.fast_secs
+        );
+        let rt = ["stream", url.as_str(), wav_rt.as_str(), "--realtime"];
+        let fast = ["stream", url.as_str(), wav_fast.as_str()];
+        let py = |args: &[&str]| -> Result<Option<Run>, String> {
+            match &python {
+                Some(_) => run("python SDK", &mut py_cmd(args)).map(Some),
+                None => Ok(None),
+            }
+        };
+        rounds.push([
+            Some(run("bench_client", &mut rs_cmd(&rt))?),
+            py(&rt)?,
+            Some(run(
+                "floor",
+                &mut rs_cmd(&["floor", &url, &wav_rt, "--realtime"]),
+            )?),
+            Some(run("bench_client", &mut rs_cmd(&fast))?),
+            py(&fast)?,
+            Some(run("floor", &mut rs_cmd(&["floor", &url, &wav_fast]))?),
+        ]);
+    }
+    let median_run = |i: usize| -> Option<Run> {
+        let mut runs: Vec<Run> = rounds.iter().filter_map(|r| r[i].clone()).collect();
+        runs.sort_by(|a, b| a.cpu_s.total_cmp(&b.cpu_s));
+        let mid = runs.len() / 2;
+        runs.into_iter().nth(mid)
+    };
+    let missing = || "no run".to_string();
+    let (rs_rt, py_rt) = (median_run(0).ok_or_else(missing)?, median_run(1));
+    let fl_rt = median_run(2).ok_or_else(missing)?;
+    let (rs_fast, py_fast) = (median_run(3).ok_or_else(missing)?, median_run(4));
+    let fl_fast = median_run(5).ok_or_else(missing)?;
+
+    eprintln!(
+        "transcribe_file, {} s paced at real time and {} s as fast as possible",
+        o.rt_secs, o.fast_secs
+    );
     let tf_rt = run(
         "transcribe_file",
         Command::new(&transcribe).args([
@@ -952,33 +997,10 @@ fn bench(o: &Options) -> Result<(), String> {
             &wav_rt,
         ]),
     )?;
-    let py_rt = match &python {
-        Some(_) => Some(run(
-            "python SDK",
-            &mut py_cmd(&["stream", &url, &wav_rt, "--realtime"]),
-        )?),
-        None => None,
-    };
-    eprintln!("streaming {} s as fast as possible", o.fast_secs);
-    let rs_fast = run("bench_client", &mut rs_cmd(&["stream", &url, &wav_fast]))?;
     let tf_fast = run(
         "transcribe_file",
         Command::new(&transcribe).args(["--url", &url, "--api-key", "bench", &wav_fast]),
     )?;
-    let py_fast = match &python {
-        Some(_) => Some(run(
-            "python SDK",
-            &mut py_cmd(&["stream", &url, &wav_fast]),
-        )?),
-        None => None,
-    };
-
-    eprintln!("floor: pacing and ready-made frames on a raw socket, no client");
-    let fl_rt = run(
-        "floor",
-        &mut rs_cmd(&["floor", &url, &wav_rt, "--realtime"]),
-    )?;
-    let fl_fast = run("floor", &mut rs_cmd(&["floor", &url, &wav_fast]))?;
     let lean = match &o.lean_dir {
         Some(d) => {
             let bin = d.join("transcribe_file");
@@ -1376,7 +1398,9 @@ fn bench(o: &Options) -> Result<(), String> {
         "Server: the emulator (examples/emulator.rs), its own process, ws://127.0.0.1; latency \
          against a WebSocket peer inside examples/bench.rs. 16 kHz mono PCM, {CHUNK_MS} ms chunks. \
          Floor: `bench_client floor`, the same pacing and frames written straight to a raw \
-         socket, no client (latency: a raw socket in the driver)."
+         socket, no client (latency: a raw socket in the driver). Streaming rows (ours, the \
+         SDK's, the floor's): the median of {} interleaved rounds.",
+        o.repeat
     );
     println!();
     t.print();

@@ -180,7 +180,7 @@ impl Shared {
         Ok(())
     }
 
-    /// Queues `bytes` as one or more append frames, never interleaved with another append.
+    /// Sends `bytes` as one or more append frames, never interleaved with another append.
     /// Blocking: waits for room. Non-blocking: takes all of it or nothing.
     fn append(&self, bytes: &[u8], blocking: bool) -> Result<(), TryAppendError> {
         self.check_audio_len(bytes.len())?;
@@ -408,15 +408,16 @@ pub struct AudioSender {
 }
 
 impl AudioSender {
-    /// Queues 16-bit PCM samples, waiting while the outgoing queue is full. Refused in an
-    /// Opus session.
+    /// Sends 16-bit PCM samples, waiting only while the link is backed up (the socket full,
+    /// or the bounded outgoing queue full). Refused in an Opus session.
     pub fn append_pcm(&self, samples: &[i16]) -> Result<()> {
         self.check_pcm_session()?;
         with_le_bytes(samples, |b| self.shared.append(b, true)).map_err(into_error)
     }
 
-    /// Queues 16-bit PCM samples if the queue has room for all of them and no other thread
-    /// is in the middle of an append; on [`TryAppendError::Full`] nothing was taken.
+    /// Sends 16-bit PCM samples if that needs no waiting: straight to the socket, or into the
+    /// queue if it has room for all of them, and no other thread is in the middle of an
+    /// append. On [`TryAppendError::Full`] nothing was taken.
     pub fn try_append_pcm(&self, samples: &[i16]) -> Result<(), TryAppendError> {
         self.check_pcm_session()?;
         with_le_bytes(samples, |b| self.shared.append(b, false))
@@ -651,18 +652,22 @@ impl Conversation {
         }
     }
 
-    /// Queues 16-bit mono PCM samples, waiting only while the bounded outgoing queue is full.
-    /// Long buffers are split so that no frame exceeds `max_frame_bytes`.
+    /// Sends 16-bit mono PCM samples: written to the socket from this thread when nothing has
+    /// to go first, else queued for the I/O thread. Waits only while the link is backed up
+    /// (the socket full, or the bounded outgoing queue full). Long buffers are split so that
+    /// no frame exceeds `max_frame_bytes`.
     pub fn append_pcm(&self, samples: &[i16]) -> Result<()> {
         self.audio_sender().append_pcm(samples)
     }
 
-    /// Queues raw audio bytes (s16le for PCM; an odd length is refused).
+    /// Sends raw audio bytes like [`append_pcm`](Self::append_pcm) (s16le for PCM; an odd
+    /// length is refused).
     pub fn append_bytes(&self, bytes: &[u8]) -> Result<()> {
         self.shared.append(bytes, true).map_err(into_error)
     }
 
-    /// Queues audio that is already standard padded base64 (checked, not decoded).
+    /// Sends audio that is already standard padded base64 (checked, not decoded), like
+    /// [`append_pcm`](Self::append_pcm).
     pub fn append_base64(&self, b64: &str) -> Result<()> {
         self.shared.append_base64(b64, true).map_err(into_error)
     }
