@@ -400,8 +400,9 @@ fn with_le_bytes<R>(samples: &[i16], f: impl FnOnce(&[u8]) -> R) -> R {
 }
 
 /// A cheap, cloneable handle that feeds audio (and client events) into one conversation,
-/// for example from a capture thread. It never waits on the network: it writes a frame to
-/// the socket itself only when that cannot block, and queues it for the I/O thread otherwise.
+/// for example from a capture thread. It writes a frame to the socket itself when nothing has
+/// to go first, and queues it for the I/O thread otherwise; only the blocking appends wait,
+/// and only while the link is backed up.
 #[derive(Clone)]
 pub struct AudioSender {
     shared: Arc<Shared>,

@@ -446,7 +446,13 @@ enum Source<'a> {
 impl Source<'_> {
     fn get<T: serde::de::DeserializeOwned>(self) -> serde_json::Result<T> {
         match self {
-            Source::Text(t) => serde_json::from_str(t),
+            // On failure, the tree decides, as before the fast path existed: it takes
+            // duplicate keys (the last wins), and its messages name the field at fault.
+            Source::Text(t) => serde_json::from_str(t).or_else(|e| {
+                serde_json::from_str::<Value>(t)
+                    .map_err(|_| e)
+                    .and_then(serde_json::from_value)
+            }),
             Source::Tree(v) => serde_json::from_value(v),
         }
     }
