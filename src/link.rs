@@ -4,9 +4,10 @@
 //! in `poll(2)`. A sender takes it without waiting, to write its own append frame when the
 //! connection is up and nothing is queued ahead of it: handing each frame to the I/O thread
 //! (a wake-up, a context switch, a `poll` return) cost more than the rest of an append
-//! together (README, "Performance"). Whenever the lock is busy, the socket is full, a
-//! reconnect is under way or commands are queued, the frame takes the queue as before, so
-//! order is kept and the bounded queue stays the caller's backpressure.
+//! together (README, "Performance"). When the socket is full, a blocking append waits for
+//! room itself, as a blocking write would. Whenever the lock is busy, a reconnect is under
+//! way, commands are queued, or a non-blocking append finds the socket full, the frame takes
+//! the queue as before, so order is kept and the bounded queue stays the backpressure.
 
 use std::io::ErrorKind;
 use std::os::fd::RawFd;
