@@ -13,9 +13,10 @@ use crossbeam_channel::{
 };
 use tungstenite::Utf8Bytes;
 
+use crate::arena::FrameArena;
 use crate::config::{ApiKey, AudioFormat, ConnectParams, SessionConfig};
 use crate::error::{Error, Phase, Result, TryAppendError};
-use crate::event::{self, Event, EventKind, Session, APPEND_OVERHEAD_BYTES};
+use crate::event::{self, AppendAudio, Event, EventKind, Session, APPEND_OVERHEAD_BYTES};
 use crate::io_thread::IoThread;
 use crate::link::Link;
 use crate::transport;
@@ -92,9 +93,9 @@ pub(crate) struct Shared {
     pcm: AtomicBool,
     appended_since_commit: AtomicU64,
     max_frame_bytes: usize,
-    /// Held while one append's frames are sent or queued, so two threads' audio never
-    /// interleaves.
-    append_lock: Mutex<()>,
+    /// Held while one append's frames are written and sent or queued, so two threads' audio
+    /// never interleaves; it holds the memory the frames are written in.
+    append_lock: Mutex<FrameArena>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -188,15 +189,7 @@ impl Shared {
             return Ok(());
         }
         let pieces = bytes.chunks(self.max_pcm_bytes_per_frame());
-        self.queue_frames(
-            pieces.len(),
-            blocking,
-            pieces.map(|p| {
-                let mut text = String::new();
-                event::write_append_json(&mut text, p);
-                (text.into(), p.len() as u64)
-            }),
-        )?;
+        self.queue_frames(pieces.len(), blocking, pieces.map(AppendAudio::Pcm))?;
         self.appended_since_commit
             .fetch_add(bytes.len() as u64, Ordering::SeqCst);
         Ok(())
@@ -211,39 +204,33 @@ impl Shared {
         // Whole 8-character groups are whole 6-byte groups: frames split there decode to the
         // same bytes, and each holds whole samples.
         let max_chars = (self.max_frame_bytes - APPEND_OVERHEAD_BYTES) / 8 * 8;
-        let pieces = b64.as_bytes().chunks(max_chars);
-        self.queue_frames(
-            pieces.len(),
-            blocking,
-            pieces.map(|p| {
-                // Checked as ASCII base64 above, so any split is valid UTF-8.
-                let p = std::str::from_utf8(p).unwrap_or_default();
-                let mut text = String::new();
-                event::write_append_json_b64(&mut text, p);
-                (text.into(), (p.len() / 4 * 3) as u64)
-            }),
-        )?;
+        let pieces = b64.as_bytes().chunks(max_chars).map(|p| {
+            // Checked as ASCII base64 above, so any split is valid UTF-8.
+            AppendAudio::Base64(std::str::from_utf8(p).unwrap_or_default())
+        });
+        self.queue_frames(pieces.len(), blocking, pieces)?;
         self.appended_since_commit
             .fetch_add(decoded as u64, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Sends one append's frames: a single frame straight onto the socket when it can
-    /// (`write_direct`), else through the queue, all frames of one append together.
-    fn queue_frames(
+    /// Sends one append's frames, written as they go: a single frame straight onto the socket
+    /// when it can (`write_direct`), else through the queue, all frames of one append together.
+    fn queue_frames<'a>(
         &self,
         count: usize,
         blocking: bool,
-        mut frames: impl Iterator<Item = (Utf8Bytes, u64)>,
+        pieces: impl Iterator<Item = AppendAudio<'a>>,
     ) -> Result<(), TryAppendError> {
         // Every append holds this lock while it sends, single frames too: otherwise another
         // thread's frame could land between the frames of a long append. A non-blocking
         // append must not wait for a long one to be queued, so it reports Full instead.
-        let _order = if blocking {
+        let mut arena = if blocking {
             lock(&self.append_lock)
         } else {
             try_lock(&self.append_lock).ok_or(TryAppendError::Full)?
         };
+        let mut frames = pieces.map(|audio| (arena.frame(audio), audio.audio_bytes()));
         let queued = self.guarded(|tx| {
             let mut first = None;
             if count == 1 {
@@ -548,7 +535,7 @@ impl Conversation {
             pcm: AtomicBool::new(true),
             appended_since_commit: AtomicU64::new(0),
             max_frame_bytes: params.max_frame_bytes,
-            append_lock: Mutex::new(()),
+            append_lock: Mutex::new(FrameArena::new()),
         });
         if let EventKind::SessionCreated(s) = &opened.created.kind {
             if let Some(id) = &s.id {

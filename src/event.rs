@@ -6,7 +6,7 @@
 //! not cost the caller the event.
 
 use std::fmt;
-use std::fmt::Write as _;
+use std::mem::MaybeUninit;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -516,21 +516,33 @@ pub fn new_event_id() -> String {
     s
 }
 
-/// Appends `digits` random lowercase hex digits. The randomness comes from std's per-process
-/// random SipHash keys mixed with a counter: unique ids, no extra dependency.
+/// Appends `digits` random lowercase hex digits (see [`fill_random_hex`]).
 pub(crate) fn push_random_hex(s: &mut String, digits: usize) {
+    let mut buf = [0u8; 16];
+    let mut left = digits;
+    while left > 0 {
+        let n = left.min(16);
+        fill_random_hex(&mut buf[..n]);
+        s.push_str(std::str::from_utf8(&buf[..n]).unwrap_or_default());
+        left -= n;
+    }
+}
+
+/// Fills `out` with random lowercase hex digits. The randomness comes from std's per-process
+/// random SipHash keys mixed with a counter: unique ids, no extra dependency.
+fn fill_random_hex(out: &mut [u8]) {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut left = digits;
-    while left > 0 {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for sixteen in out.chunks_mut(16) {
         let mut h = RandomState::new().build_hasher();
         h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-        let n = left.min(16);
-        let _ = write!(s, "{:016x}", h.finish());
-        s.truncate(s.len() - (16 - n));
-        left -= n;
+        let n = h.finish();
+        for (i, d) in sixteen.iter_mut().enumerate() {
+            *d = HEX[((n >> (60 - 4 * i)) & 15) as usize];
+        }
     }
 }
 
@@ -563,26 +575,80 @@ pub(crate) const APPEND_OVERHEAD_BYTES: usize =
 /// Writes an `input_audio_buffer.append` frame with the base64 of `pcm` into `out`, reusing its
 /// allocation. Written by hand rather than through a JSON tree: this is the hot path.
 pub fn write_append_json(out: &mut String, pcm: &[u8]) {
+    let audio = AppendAudio::Pcm(pcm);
+    let len = audio.frame_len();
     out.clear();
-    out.reserve(APPEND_OVERHEAD_BYTES + pcm.len().div_ceil(3) * 4);
-    out.push_str("{\"event_id\":\"");
-    out.push_str("event_");
-    push_random_hex(out, 32);
-    out.push_str("\",\"type\":\"input_audio_buffer.append\",\"audio\":\"");
-    push_base64(out, pcm);
-    out.push_str("\"}");
+    // SAFETY: `fill_append` writes only ASCII, so the String stays valid UTF-8, and it writes
+    // all `len` bytes, so they are initialised.
+    unsafe {
+        let v = out.as_mut_vec();
+        v.reserve(len);
+        fill_append(&mut v.spare_capacity_mut()[..len], audio);
+        v.set_len(len);
+    }
 }
 
-/// Like [`write_append_json`] for audio that is already base64 (checked by the caller).
-pub(crate) fn write_append_json_b64(out: &mut String, b64: &str) {
-    out.clear();
-    out.reserve(APPEND_OVERHEAD_BYTES + b64.len());
-    out.push_str("{\"event_id\":\"");
-    out.push_str("event_");
-    push_random_hex(out, 32);
-    out.push_str("\",\"type\":\"input_audio_buffer.append\",\"audio\":\"");
-    out.push_str(b64);
-    out.push_str("\"}");
+/// The audio of one append frame: PCM to encode, or base64 the caller already has (checked to
+/// be standard padded base64, so ASCII).
+#[derive(Clone, Copy)]
+pub(crate) enum AppendAudio<'a> {
+    Pcm(&'a [u8]),
+    Base64(&'a str),
+}
+
+impl AppendAudio<'_> {
+    /// The length of its append frame in bytes.
+    pub fn frame_len(self) -> usize {
+        APPEND_OVERHEAD_BYTES
+            + match self {
+                AppendAudio::Pcm(pcm) => pcm.len().div_ceil(3) * 4,
+                AppendAudio::Base64(b64) => b64.len(),
+            }
+    }
+
+    /// The bytes of audio it carries.
+    pub fn audio_bytes(self) -> u64 {
+        match self {
+            AppendAudio::Pcm(pcm) => pcm.len() as u64,
+            AppendAudio::Base64(b64) => {
+                let pad = b64.bytes().rev().take(2).take_while(|&c| c == b'=').count();
+                (b64.len() / 4 * 3 - pad) as u64
+            }
+        }
+    }
+}
+
+/// Writes the `input_audio_buffer.append` frame of `audio` into `dst`, which is exactly
+/// `audio.frame_len()` bytes long, and initialises all of it. Only ASCII is written: the
+/// template, hex digits, and base64 (encoded here, or the caller's, which is checked).
+pub(crate) fn fill_append(dst: &mut [MaybeUninit<u8>], audio: AppendAudio<'_>) {
+    const HEAD: &[u8] = b"{\"event_id\":\"event_";
+    const TYPE: &[u8] = b"\",\"type\":\"input_audio_buffer.append\",\"audio\":\"";
+    const TAIL: &[u8] = b"\"}";
+    // Every byte is written once, in order; a length mismatch would be a bug here, and the
+    // slice indexing turns it into a panic rather than uninitialised bytes.
+    assert_eq!(dst.len(), audio.frame_len(), "append frame length");
+    let (head, rest) = dst.split_at_mut(HEAD.len());
+    put(head, HEAD);
+    let (id, rest) = rest.split_at_mut(32);
+    let mut hex = [0u8; 32];
+    fill_random_hex(&mut hex);
+    put(id, &hex);
+    let (ty, rest) = rest.split_at_mut(TYPE.len());
+    put(ty, TYPE);
+    let (payload, tail) = rest.split_at_mut(rest.len() - TAIL.len());
+    match audio {
+        AppendAudio::Pcm(pcm) => base64_into(payload, pcm),
+        AppendAudio::Base64(b64) => put(payload, b64.as_bytes()),
+    }
+    put(tail, TAIL);
+}
+
+/// Copies `src` into `dst`, which has its length.
+fn put(dst: &mut [MaybeUninit<u8>], src: &[u8]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(s);
+    }
 }
 
 const BASE64_ALPHABET: &[u8; 64] =
@@ -599,19 +665,13 @@ static BASE64_PAIRS: [u16; 4096] = {
     t
 };
 
-/// Appends the standard, padded base64 of `bytes` to `out`, in place. This is most of what an
-/// append costs, so it is done here rather than with the `base64` crate, whose
-/// `encode_string` goes through a scratch buffer and a UTF-8 check of each piece: six bytes at
-/// a time as one load, four lookups of two characters and one store, it takes under half the
-/// time on the benchmark machine.
-fn push_base64(out: &mut String, bytes: &[u8]) {
-    use std::mem::MaybeUninit;
-    let len = bytes.len().div_ceil(3) * 4;
-    // SAFETY: only ASCII (the base64 alphabet and '=') goes into the vector, so the String
-    // stays valid UTF-8.
-    let v = unsafe { out.as_mut_vec() };
-    v.reserve(len);
-    let dst = &mut v.spare_capacity_mut()[..len];
+/// Writes the standard, padded base64 of `bytes` into `dst`, which is exactly its length. This
+/// is most of what an append costs, so it is done here rather than with the `base64` crate,
+/// whose `encode_string` goes through a scratch buffer and a UTF-8 check of each piece: six
+/// bytes at a time as one load, four lookups of two characters and one store, it takes under
+/// half the time on the benchmark machine.
+fn base64_into(dst: &mut [MaybeUninit<u8>], bytes: &[u8]) {
+    assert_eq!(dst.len(), bytes.len().div_ceil(3) * 4, "base64 length");
     let pair = |n: u64| u64::from(BASE64_PAIRS[(n & 0xfff) as usize]);
     // Six bytes make eight characters. Eight are loaded, so this stops while two more follow.
     let sixes = bytes.len().saturating_sub(2) / 6;
@@ -619,7 +679,7 @@ fn push_base64(out: &mut String, bytes: &[u8]) {
         let eight: [u8; 8] = bytes[i * 6..i * 6 + 8].try_into().unwrap_or_default();
         let n = u64::from_be_bytes(eight) >> 16;
         let chars = pair(n >> 36) | pair(n >> 24) << 16 | pair(n >> 12) << 32 | pair(n) << 48;
-        d.copy_from_slice(&chars.to_le_bytes().map(MaybeUninit::new));
+        put(d, &chars.to_le_bytes());
     }
     // The last one to seven bytes, three at a time, the last group padded with '='.
     let char_at = |n: u32, shift: u32| BASE64_ALPHABET[((n >> shift) & 63) as usize];
@@ -633,11 +693,8 @@ fn push_base64(out: &mut String, bytes: &[u8]) {
             if s.len() > 1 { char_at(n, 6) } else { b'=' },
             if s.len() > 2 { char_at(n, 0) } else { b'=' },
         ];
-        d.copy_from_slice(&c.map(MaybeUninit::new));
+        put(d, &c);
     }
-    // SAFETY: the two loops wrote all `len` bytes after the old end (eight per six input
-    // bytes, then four per three or fewer), so they are initialised.
-    unsafe { v.set_len(v.len() + len) };
 }
 
 #[cfg(test)]
@@ -650,11 +707,16 @@ mod tests {
         let bytes: Vec<u8> = (0..3203u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
-        for len in (0..64).chain(3190..3203) {
-            let mut out = String::from("prefix:");
-            push_base64(&mut out, &bytes[..len]);
+        for len in (0..64usize).chain(3190..3203) {
+            let mut out = vec![MaybeUninit::new(b'?'); len.div_ceil(3) * 4];
+            base64_into(&mut out, &bytes[..len]);
+            // SAFETY: the vector was initialised (with '?') before base64_into wrote over it.
+            let out: Vec<u8> = out
+                .into_iter()
+                .map(|b| unsafe { b.assume_init() })
+                .collect();
             let expected = base64::engine::general_purpose::STANDARD.encode(&bytes[..len]);
-            assert_eq!(out, format!("prefix:{expected}"), "{len} bytes");
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{len} bytes");
         }
     }
 

@@ -2,6 +2,7 @@
 //! service (`qwen3-asr-flash-realtime`), for embedded Linux. See the README for an overview.
 #![warn(missing_docs)]
 
+mod arena;
 pub mod callback;
 pub mod config;
 pub mod conversation;
