@@ -9,7 +9,7 @@
 //! holding 30 s of frames, a new buffer every `ARENA_BYTES` of frames, and each old one is
 //! freed with the last of its frames.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tungstenite::Utf8Bytes;
 
 use crate::event::{fill_append, AppendAudio};
@@ -37,28 +37,37 @@ impl FrameArena {
     /// The append frame of `audio`, ready to send.
     pub fn frame(&mut self, audio: AppendAudio<'_>) -> Utf8Bytes {
         let len = audio.frame_len();
-        let mut own;
-        let buf = if len > OWN_BUFFER_ABOVE {
-            own = BytesMut::with_capacity(len);
-            &mut own
-        } else {
-            // Reclaiming succeeds without copying when no frame cut from the buffer is left
-            // (the arena itself is empty between frames); otherwise start a new buffer and
-            // let the old one go with its last frame.
-            if self.buf.capacity() < len && !self.buf.try_reclaim(len) {
-                self.buf = BytesMut::with_capacity(ARENA_BYTES);
-            }
-            &mut self.buf
-        };
-        // SAFETY: `fill_append` initialises all `len` bytes after the (empty) buffer's start.
-        unsafe {
-            fill_append(&mut buf.spare_capacity_mut()[..len], audio);
-            buf.set_len(len);
+        if len > OWN_BUFFER_ABOVE {
+            let mut own = BytesMut::with_capacity(len);
+            fill(&mut own, audio);
+            return ascii(own.freeze());
         }
-        let frame = buf.split().freeze();
-        // SAFETY: `fill_append` writes only ASCII.
-        unsafe { Utf8Bytes::from_bytes_unchecked(frame) }
+        // Reclaiming succeeds, without copying, when no frame cut from the buffer is left (the
+        // arena itself is empty between frames); otherwise start a new buffer and let the old
+        // one go with its last frame.
+        if self.buf.capacity() < len && !self.buf.try_reclaim(len) {
+            self.buf = BytesMut::with_capacity(ARENA_BYTES);
+        }
+        fill(&mut self.buf, audio);
+        ascii(self.buf.split().freeze())
     }
+}
+
+/// Writes the frame of `audio` at the end of `buf`, which has room for it.
+fn fill(buf: &mut BytesMut, audio: AppendAudio<'_>) {
+    let (start, len) = (buf.len(), audio.frame_len());
+    // SAFETY: `fill_append` initialises all `len` bytes after the buffer's end; the slice
+    // indexing checks that there is room for them.
+    unsafe {
+        fill_append(&mut buf.spare_capacity_mut()[..len], audio);
+        buf.set_len(start + len);
+    }
+}
+
+/// A frame as tungstenite's text payload, without a second pass to check its UTF-8.
+fn ascii(frame: Bytes) -> Utf8Bytes {
+    // SAFETY: frames are written by `fill_append`, which writes only ASCII.
+    unsafe { Utf8Bytes::from_bytes_unchecked(frame) }
 }
 
 #[cfg(test)]
