@@ -12,6 +12,8 @@ mod io_thread;
 mod link;
 mod proxy;
 mod replay;
+#[cfg(feature = "native-tls")]
+mod tls;
 pub mod transport;
 mod wake;
 pub mod wav;

@@ -235,17 +235,6 @@ fn handshake_error(e: tungstenite::Error, timeout: Duration) -> Error {
     }
 }
 
-#[cfg(feature = "native-tls")]
-fn tls_connector(params: &ConnectParams) -> Result<native_tls::TlsConnector> {
-    let mut b = native_tls::TlsConnector::builder();
-    for pem in &params.root_certificates {
-        let cert = native_tls::Certificate::from_pem(pem)
-            .map_err(|e| Error::Tls(format!("bad root certificate: {e}")))?;
-        b.add_root_certificate(cert);
-    }
-    b.build().map_err(|e| Error::Tls(e.to_string()))
-}
-
 fn upgrade(
     params: &ConnectParams,
     target: &Target,
@@ -256,7 +245,7 @@ fn upgrade(
     let result = if target.tls {
         #[cfg(feature = "native-tls")]
         {
-            let connector = tls_connector(params)?;
+            let connector = crate::tls::connector(params)?;
             tungstenite::client_tls_with_config(
                 request,
                 tcp,
