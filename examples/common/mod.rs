@@ -22,6 +22,8 @@ pub const COMMON_OPTIONS: &str = "  --url URL          service endpoint (default
                      da, fil, fi, is, ms, no, pl, sv (default: detect automatically)
   --context TEXT     context text for biasing (names, vocabulary)
   --chunk-ms N       audio per append in ms, 20..=500 (default 100)
+  --ca-cert PEM      also trust the CA certificate in this PEM file (repeatable), for a private
+                     gateway or a TLS-inspecting proxy; the system's roots stay trusted
   --emulator         use the bundled local emulator instead of the service (also the fallback
                      when no API key is found)
   --json             one JSON object per line on stdout: every event as received, and the
@@ -40,6 +42,8 @@ pub struct Options {
     pub language: Option<String>,
     pub context: Option<String>,
     pub chunk_ms: u32,
+    /// PEM files of extra root certificates (`--ca-cert`, repeatable).
+    pub ca_certs: Vec<String>,
     pub emulator: bool,
     pub json: bool,
     pub realtime: bool,
@@ -85,6 +89,7 @@ fn try_parse(
             "--language",
             "--context",
             "--chunk-ms",
+            "--ca-cert",
         ];
         let (name, inline) = match arg.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
@@ -123,6 +128,7 @@ fn try_parse(
                         "--chunk-ms takes a whole number from 20 to 500, not {value:?}"
                     ))?
             }
+            "--ca-cert" => o.ca_certs.push(value),
             "--device" if extra_valued.contains(&"--device") => o.device = Some(value),
             "--seconds" if extra_valued.contains(&"--seconds") => {
                 o.seconds = Some(
@@ -195,6 +201,10 @@ pub fn connect(
         }
         if let Some(k) = &o.api_key {
             params = params.api_key(k.clone());
+        }
+        for path in &o.ca_certs {
+            let pem = std::fs::read(path).unwrap_or_else(|e| fail(&format!("--ca-cert {path}"), e));
+            params = params.root_certificate(pem);
         }
     }
     let conv = Conversation::start(params, config)?;
