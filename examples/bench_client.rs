@@ -7,7 +7,8 @@
 //! ```text
 //! bench_client stream  URL WAV [--realtime]       stream a WAV in 100 ms chunks, then end the session
 //! bench_client idle    URL SECONDS                connect, configure, send nothing for SECONDS
-//! bench_client connect URL N                      N times: connect, configure, append one chunk, close
+//! bench_client connect URL N [PEM]                N times: connect, configure, append one chunk, close
+//!                                                 (PEM: a root certificate to trust, for wss://)
 //! bench_client latency URL WAV CHUNKS INTERVAL_MS append CHUNKS chunks, one every INTERVAL_MS
 //! bench_client floor   URL WAV [--realtime]       no client: the same pacing and socket writes
 //! ```
@@ -60,7 +61,11 @@ fn die(what: &str, e: impl std::fmt::Display) -> ! {
 }
 
 fn start(url: &str) -> Conversation {
-    let params = ConnectParams::new().url(url).api_key("bench").model(MODEL);
+    start_with(ConnectParams::new().url(url))
+}
+
+fn start_with(params: ConnectParams) -> Conversation {
+    let params = params.api_key("bench").model(MODEL);
     Conversation::start(params, &SessionConfig::vad().sample_rate(16000))
         .unwrap_or_else(|e| die("connect", e))
 }
@@ -88,7 +93,7 @@ fn main() {
             cpu_start,
         ),
         "idle" => idle(arg(1), num(2)),
-        "connect" => connect(arg(1), num(2)),
+        "connect" => connect(arg(1), num(2), args.get(3).map(String::as_str)),
         "latency" => latency(arg(1), arg(2), num(3), num(4)),
         "floor" => floor(
             arg(1),
@@ -158,19 +163,24 @@ fn idle(url: &str, secs: u64) -> String {
     format!(r#"{{"idle_cpu_us":{},"idle_ns":{}}}"#, c1 - c0, t1 - t0)
 }
 
-/// Connect to first append, `n` times over.
-fn connect(url: &str, n: u64) -> String {
+/// Connect to first append, `n` times over, with the CPU time of each.
+fn connect(url: &str, n: u64, root_pem: Option<&str>) -> String {
     let chunk = vec![0u8; 3200];
-    let mut times = Vec::new();
+    let mut params = ConnectParams::new().url(url);
+    if let Some(path) = root_pem {
+        params = params.root_certificate(std::fs::read(path).unwrap_or_else(|e| die(path, e)));
+    }
+    let (mut times, mut cpu) = (Vec::new(), Vec::new());
     for _ in 0..n {
-        let t0 = now_ns();
-        let conv = start(url);
+        let (t0, c0) = (now_ns(), cpu_us());
+        let conv = start_with(params.clone());
         conv.append_bytes(&chunk)
             .unwrap_or_else(|e| die("append", e));
         times.push(now_ns() - t0);
+        cpu.push(cpu_us() - c0);
         conv.close();
     }
-    format!(r#"{{"connect_ns":{times:?}}}"#)
+    format!(r#"{{"connect_ns":{times:?},"connect_cpu_us":{cpu:?}}}"#)
 }
 
 /// Appends `chunks` chunks, one every `interval_ms`, recording when each was handed over, and
