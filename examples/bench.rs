@@ -1399,95 +1399,50 @@ fn bench(o: &Options) -> Result<(), String> {
         format!("{idle_o:.4} %"),
     );
 
-    t.row(
-        format!(
-            "transcribe_file: peak RSS, {} s at real time (MB)",
-            o.rt_secs
-        ),
-        2,
-    )
-    .vals(mb(&tf_rt), nan)
-    .target("≤ 3 MB");
-    t.row(
-        format!(
-            "transcribe_file: peak RSS, {} s as fast as possible (MB)",
-            o.fast_secs
-        ),
-        2,
-    )
-    .vals(mb(&tf_fast), nan)
-    .target("flat with length");
-    t.row(
-        format!(
-            "transcribe_file: whole-process CPU, {} s at real time (s)",
-            o.rt_secs
-        ),
-        3,
-    )
-    .vals(tf_rt.cpu_s, nan);
+    // The same four rows for each build of transcribe_file measured.
+    let tf_rows = |t: &mut Table, build: &str, rt: &Run, fast: &Run, targets: [&str; 2]| {
+        let name = format!("transcribe_file{build}");
+        t.row(
+            format!("{name}: peak RSS, {} s at real time (MB)", o.rt_secs),
+            2,
+        )
+        .vals(mb(rt), nan)
+        .target(targets[0]);
+        t.row(
+            format!(
+                "{name}: peak RSS, {} s as fast as possible (MB)",
+                o.fast_secs
+            ),
+            2,
+        )
+        .vals(mb(fast), nan)
+        .target(targets[1]);
+        t.row(
+            format!(
+                "{name}: whole-process CPU, {} s at real time (s)",
+                o.rt_secs
+            ),
+            3,
+        )
+        .vals(rt.cpu_s, nan);
+        t.row(
+            format!(
+                "{name}: whole-process CPU, {} s as fast as possible (s)",
+                o.fast_secs
+            ),
+            3,
+        )
+        .vals(fast.cpu_s, nan);
+    };
+    tf_rows(&mut t, "", &tf_rt, &tf_fast, ["≤ 3 MB", "flat with length"]);
     let mut rss_detail = format!("{:.2} MB / {:.2} MB", mb(&tf_rt), mb(&tf_fast));
     let rss_ok = mb(&tf_rt).max(mb(&tf_fast)) <= 3.0;
     if let Some((w_rt, w_fast)) = &tls {
-        t.row(
-            format!(
-                "transcribe_file over wss://: peak RSS, {} s at real time (MB)",
-                o.rt_secs
-            ),
-            2,
-        )
-        .vals(mb(w_rt), nan);
-        t.row(
-            format!(
-                "transcribe_file over wss://: peak RSS, {} s fast (MB)",
-                o.fast_secs
-            ),
-            2,
-        )
-        .vals(mb(w_fast), nan);
-        t.row(
-            format!(
-                "transcribe_file over wss://: whole-process CPU, {} s at real time (s)",
-                o.rt_secs
-            ),
-            3,
-        )
-        .vals(w_rt.cpu_s, nan);
-        t.row(
-            format!(
-                "transcribe_file over wss://: whole-process CPU, {} s fast (s)",
-                o.fast_secs
-            ),
-            3,
-        )
-        .vals(w_fast.cpu_s, nan);
+        tf_rows(&mut t, " over wss://", w_rt, w_fast, ["", ""]);
         rss_detail += &format!("; over wss://: {:.2} MB / {:.2} MB", mb(w_rt), mb(w_fast));
     }
     if let Some((l_rt, l_fast)) = &lean {
-        t.row(
-            format!(
-                "transcribe_file, no TLS or ALSA: peak RSS, {} s at real time (MB)",
-                o.rt_secs
-            ),
-            2,
-        )
-        .vals(mb(l_rt), nan)
-        .target("≤ 3 MB");
-        t.row(
-            format!(
-                "transcribe_file, no TLS or ALSA: peak RSS, {} s fast (MB)",
-                o.fast_secs
-            ),
-            2,
-        )
-        .vals(mb(l_fast), nan);
-        t.row(
-            format!(
-                "transcribe_file, no TLS or ALSA: whole-process CPU, {} s at real time (s)",
-                o.rt_secs
-            ),
-            3,
-        )
-        .vals(l_rt.cpu_s, nan);
+        tf_rows(&mut t, ", no TLS or ALSA", l_rt, l_fast, ["", ""]);
         rss_detail += &format!("; without TLS: {:.2} MB / {:.2} MB", mb(l_rt), mb(l_fast));
     }
     t.verdict(
