@@ -14,8 +14,8 @@ use tungstenite::Utf8Bytes;
 
 use crate::event::{fill_append, AppendAudio};
 
-/// 64 KiB: fifteen 100 ms frames of 16 kHz PCM. One page-sized allocation now and then, and
-/// at most this much held beyond the frames still in use.
+/// 64 KiB: fifteen 100 ms frames of 16 kHz PCM (4,367 bytes each). One allocation of it now
+/// and then, and at most this much held beyond the frames still in use.
 const ARENA_BYTES: usize = 64 * 1024;
 
 /// Frames above this get a buffer of their own rather than crowding the arena: long appends
