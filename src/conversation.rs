@@ -355,7 +355,7 @@ fn base64_decoded_len(b64: &str) -> Result<usize> {
             b.len()
         )));
     }
-    let pad = b.iter().rev().take(2).take_while(|&&c| c == b'=').count();
+    let pad = event::base64_padding(b64);
     let body = &b[..b.len() - pad];
     if let Some(i) = body
         .iter()

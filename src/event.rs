@@ -610,12 +610,14 @@ impl AppendAudio<'_> {
     pub fn audio_bytes(self) -> u64 {
         match self {
             AppendAudio::Pcm(pcm) => pcm.len() as u64,
-            AppendAudio::Base64(b64) => {
-                let pad = b64.bytes().rev().take(2).take_while(|&c| c == b'=').count();
-                (b64.len() / 4 * 3 - pad) as u64
-            }
+            AppendAudio::Base64(b64) => (b64.len() / 4 * 3 - base64_padding(b64)) as u64,
         }
     }
+}
+
+/// The `=` that pad the end of standard base64: none, one or two.
+pub(crate) fn base64_padding(b64: &str) -> usize {
+    b64.bytes().rev().take(2).take_while(|&c| c == b'=').count()
 }
 
 /// Writes the `input_audio_buffer.append` frame of `audio` into `dst`, which is exactly
@@ -949,6 +951,10 @@ mod tests {
         assert_eq!(v["type"], "input_audio_buffer.append");
         assert_eq!(v["audio"], "AQD/fw==");
         assert_eq!(frame.len(), APPEND_OVERHEAD_BYTES + 8);
+        // The padding carries no audio: "AQD/fw==" is four bytes, "AQD/" three.
+        assert_eq!(AppendAudio::Base64("AQD/fw==").audio_bytes(), 4);
+        assert_eq!(AppendAudio::Base64("AQD/").audio_bytes(), 3);
+        assert_eq!(AppendAudio::Pcm(&[1, 0, 255, 127]).audio_bytes(), 4);
         let exact = format!(
             r#"{{"event_id":"{}","type":"input_audio_buffer.append","audio":"AQD/fw=="}}"#,
             v["event_id"].as_str().unwrap()
