@@ -210,6 +210,9 @@ pub enum Proxy {
     Url(String),
 }
 
+/// The default [`ConnectParams::send_buffer_bytes`].
+pub const DEFAULT_SEND_BUFFER_BYTES: usize = 32 * 1024;
+
 /// How to reach the service: the Java SDK's `OmniRealtimeParam` plus this crate's transport
 /// knobs.
 #[derive(Debug, Clone)]
@@ -254,6 +257,18 @@ pub struct ConnectParams {
     pub reconnect: Option<ReconnectPolicy>,
     /// The proxy. Default [`Proxy::Environment`].
     pub proxy: Proxy,
+    /// The kernel's send buffer for the socket (`SO_SNDBUF`, which Linux doubles), or `None`
+    /// to let the kernel autotune it. Default 32 KiB: under a second of PCM. Autotuned, it
+    /// grows to 4 MiB, and on a link slower than the audio that is over a minute of audio
+    /// that appends hand over without ever waiting, and that no one can see or get back.
+    pub send_buffer_bytes: Option<usize>,
+    /// The most audio that may wait to leave the device (queued, in the socket's buffers, in
+    /// the kernel's send queue) before the oldest queued audio is dropped and reported as
+    /// `client.audio_dropped`. For live sources that must not fall behind real time. Default
+    /// `None`: appends wait for the link instead, and nothing is dropped.
+    pub max_backlog: Option<Duration>,
+    /// The backlog at which `client.link_behind` is raised. Default 1 s.
+    pub behind_threshold: Duration,
 }
 
 impl Default for ConnectParams {
@@ -275,6 +290,9 @@ impl Default for ConnectParams {
             keepalive: Keepalive::default(),
             reconnect: None,
             proxy: Proxy::Environment,
+            send_buffer_bytes: Some(DEFAULT_SEND_BUFFER_BYTES),
+            max_backlog: None,
+            behind_threshold: Duration::from_secs(1),
         }
     }
 }
@@ -283,6 +301,24 @@ impl ConnectParams {
     /// Defaults: the Beijing endpoint and [`DEFAULT_MODEL`], key from the environment.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets [`send_buffer_bytes`](Self::send_buffer_bytes).
+    pub fn send_buffer_bytes(mut self, bytes: Option<usize>) -> Self {
+        self.send_buffer_bytes = bytes;
+        self
+    }
+
+    /// Sets [`max_backlog`](Self::max_backlog).
+    pub fn max_backlog(mut self, max: Option<Duration>) -> Self {
+        self.max_backlog = max;
+        self
+    }
+
+    /// Sets [`behind_threshold`](Self::behind_threshold).
+    pub fn behind_threshold(mut self, threshold: Duration) -> Self {
+        self.behind_threshold = threshold;
+        self
     }
 
     /// Sets the model.

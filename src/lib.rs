@@ -12,6 +12,7 @@ mod io_thread;
 mod link;
 mod proxy;
 mod replay;
+mod sys;
 #[cfg(feature = "native-tls")]
 mod tls;
 pub mod transport;
@@ -32,7 +33,7 @@ pub use config::{
     ApiKey, AudioFormat, ConnectParams, Keepalive, Proxy, ReconnectPolicy, SessionConfig, Timeouts,
     TurnDetection,
 };
-pub use conversation::{AudioSender, Conversation};
+pub use conversation::{AudioSender, Conversation, Stats};
 pub use error::{Error, Phase, Result, TryAppendError};
 
 // The README's code blocks are compiled as doc tests, so they cannot rot.

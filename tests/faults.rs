@@ -161,8 +161,12 @@ fn reconnected(events: &[Event]) -> Vec<(u32, u64)> {
                 replayed_ms,
                 old_session_id,
                 new_session_id,
+                code,
+                reason,
             } => {
                 assert_ne!(old_session_id, new_session_id);
+                // It says why the previous connection ended.
+                assert!(*code >= 1000 && !reason.is_empty(), "{code} {reason:?}");
                 Some((*attempt, *replayed_ms))
             }
             _ => None,
@@ -413,10 +417,12 @@ fn replay_is_bounded_by_its_window_and_the_excess_is_reported() {
     assert!(replayed <= 2000, "replayed {replayed} ms");
     let sessions = emu.sessions();
     let last = sessions.last().unwrap();
-    assert_eq!(
-        last.audio.bytes / 32,
-        replayed,
-        "the new session got exactly the replay"
+    // The new session got the replay, then whatever was still queued when the link died
+    // (with the send buffer capped, appends wait for the link, so not all 5 s had left).
+    let got = last.audio.bytes / 32;
+    assert!(
+        got >= replayed,
+        "the new session got {got} ms, {replayed} replayed"
     );
     let sent = le_bytes(&audio);
     assert_eq!(
@@ -424,13 +430,9 @@ fn replay_is_bounded_by_its_window_and_the_excess_is_reported() {
         &last.audio_data[..],
         "the newest audio"
     );
-    // Every millisecond is accounted for: replayed into the session that transcribed it, or
-    // reported lost (including what the old session got but never transcribed).
-    assert_eq!(
-        dropped + replayed,
-        5000,
-        "lost {dropped} + replayed {replayed}"
-    );
+    // Every millisecond is accounted for: in the session that transcribed it, or reported
+    // lost (including what the old session got but never transcribed).
+    assert_eq!(dropped + got, 5000, "lost {dropped} + transcribed {got}");
     assert_eq!(transcripts(&events).len(), 1);
 }
 
