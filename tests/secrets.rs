@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use base64::Engine;
 use common::*;
 use qwen_asr_realtime::emulator::{EmulatorConfig, TlsIdentity};
-use qwen_asr_realtime::{Conversation, Proxy, SessionConfig};
+use qwen_asr_realtime::{Conversation, Error, Proxy, SessionConfig};
 
 const API_KEY: &str = "sk-log-secret-0123456789abcdef";
 const HEADER_VALUE: &str = "hdr-secret-9876543210fedcba";
@@ -279,4 +279,44 @@ fn no_secret_reaches_a_logger_that_records_everything() {
             assert!(!r.contains(s.as_str()), "a secret in a log record: {r}");
         }
     }
+}
+
+#[test]
+fn a_proxy_407_names_the_proxy_credentials_not_the_api_key() {
+    recorder();
+    let emu = start_emulator(EmulatorConfig::default());
+    let proxy = FakeProxy::start(true);
+    for with_credentials in [true, false] {
+        let params = params_for(&emu)
+            .api_key(API_KEY)
+            .proxy(Proxy::Url(proxy.url(with_credentials)));
+        match Conversation::connect(params) {
+            Err(e @ Error::ProxyAuthentication { .. }) => {
+                let shown = e.to_string();
+                let Error::ProxyAuthentication {
+                    proxy: name,
+                    credentials_sent,
+                    response,
+                } = &e
+                else {
+                    unreachable!()
+                };
+                assert_eq!(name, &proxy.addr.to_string());
+                assert_eq!(*credentials_sent, with_credentials);
+                assert!(response.contains("407"), "{response}");
+                assert!(response.contains("Basic realm"), "{response}");
+                assert!(shown.contains(&proxy.addr.to_string()), "{shown}");
+                assert!(!shown.contains("API key"), "{shown}");
+                if with_credentials {
+                    assert!(shown.contains("user and password"), "{shown}");
+                }
+                for s in [PROXY_PASSWORD, API_KEY] {
+                    assert!(!shown.contains(s) && !format!("{e:?}").contains(s), "{e:?}");
+                }
+            }
+            other => panic!("expected a proxy authentication error, got {other:?}"),
+        }
+    }
+    assert_eq!(proxy.requests.lock().unwrap().len(), 2);
+    assert!(emu.sessions().is_empty(), "nothing reached the server");
 }
