@@ -195,6 +195,7 @@ fn is_retryable(e: &Error) -> bool {
     !matches!(
         e,
         Error::Authentication { .. }
+            | Error::ProxyAuthentication { .. }
             | Error::ModelMismatch { .. }
             | Error::InvalidUrl { .. }
             | Error::InvalidConfig { .. }
