@@ -19,6 +19,7 @@ use crate::event::{self, AppendAudio, Event, EventKind, Session, APPEND_OVERHEAD
 use crate::io_thread::IoThread;
 use crate::link::Link;
 use crate::replay::Replay;
+use crate::sys::lock;
 use crate::transport;
 use crate::wake::Wake;
 
@@ -81,8 +82,9 @@ pub(crate) struct Shared {
     pub wake_pending: AtomicBool,
     /// No more commands are taken (set by the I/O thread on its way out).
     pub closed: AtomicBool,
-    /// The caller asked to close: a reconnect in progress gives up.
-    pub close_requested: AtomicBool,
+    /// The caller asked to close: a reconnect in progress gives up, and a connection being
+    /// opened is stopped at once.
+    pub cancel: transport::Cancel,
     /// Senders between their `closed` check and the end of their send; the I/O thread waits
     /// for zero before counting what is left in the queue, so no audio is lost uncounted.
     pub senders_in_flight: AtomicUsize,
@@ -144,11 +146,6 @@ pub struct Stats {
     pub max_backlog_ms: u64,
     /// Connections replaced after the link died.
     pub reconnects: u32,
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere while holding one of these small locks leaves valid data behind.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
@@ -630,7 +627,7 @@ impl Conversation {
             Some(k) => k.clone(),
             None => ApiKey::from_env()?,
         };
-        let opened = transport::open(&params, &key)?;
+        let opened = transport::open(&params, &key, None)?;
         let wake = Wake::new()
             .map(Arc::new)
             .map_err(|e| Error::Internal(format!("wake-up handle: {e}")))?;
@@ -651,7 +648,7 @@ impl Conversation {
             wake: Arc::clone(&wake),
             wake_pending: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            close_requested: AtomicBool::new(false),
+            cancel: transport::Cancel::new(Arc::clone(&wake)),
             senders_in_flight: AtomicUsize::new(0),
             session_id: Mutex::new(None),
             peer_close: Mutex::new(None),
@@ -850,7 +847,7 @@ impl Conversation {
     }
 
     fn close_with(&self, code: u16, reason: String) {
-        self.shared.close_requested.store(true, Ordering::SeqCst);
+        self.shared.cancel.cancel();
         // Fails only if the I/O thread is already on its way out.
         let _ = self
             .shared

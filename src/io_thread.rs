@@ -19,11 +19,12 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::config::{ApiKey, ConnectParams};
-use crate::conversation::{lock, Command, Reply, Shared};
+use crate::conversation::{Command, Reply, Shared};
 use crate::error::Error;
 use crate::event::{self, Event, EventKind, Session};
 use crate::link::Link;
 use crate::replay::Replay;
+use crate::sys::lock;
 use crate::transport::{self, Opened, Socket};
 use crate::wake::Wake;
 
@@ -791,8 +792,8 @@ impl IoThread {
             if self.sleep_unless_closed(jittered(policy.backoff(attempt), policy.jitter)) {
                 return Some((code, reason.to_owned()));
             }
-            let result =
-                transport::open(&self.params, &self.key).and_then(|opened| self.resume(st, opened));
+            let result = transport::open(&self.params, &self.key, Some(&self.shared.cancel))
+                .and_then(|opened| self.resume(st, opened));
             match result {
                 Ok(replayed_ms) => {
                     let new_session_id = self.shared.session_id();
@@ -852,7 +853,7 @@ impl IoThread {
     fn sleep_unless_closed(&self, d: Duration) -> bool {
         let deadline = Instant::now() + d;
         loop {
-            if self.shared.close_requested.load(Ordering::SeqCst) {
+            if self.shared.cancel.is_requested() {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());

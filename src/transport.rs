@@ -5,7 +5,9 @@
 //! (the API key with it) at trace level; tungstenite gets the socket once it is a WebSocket.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tungstenite::client::IntoClientRequest;
@@ -21,6 +23,8 @@ use crate::config::{ApiKey, ConnectParams};
 use crate::error::{Error, Phase, Result};
 use crate::event::{Event, EventKind};
 use crate::proxy;
+use crate::sys::lock;
+use crate::wake::Wake;
 
 /// The socket type the I/O thread owns.
 pub(crate) type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
@@ -125,7 +129,67 @@ pub(crate) fn build_request(params: &ConnectParams, key: &ApiKey) -> Result<Requ
     Ok(req)
 }
 
-fn connect_tcp(host: &str, port: u16, timeout: Duration) -> Result<TcpStream> {
+/// Lets another thread stop a connection being opened, at once: a caller who closes the
+/// conversation while the I/O thread reconnects must not wait out the connect, handshake and
+/// `session.created` timeouts (30 s together by default).
+pub(crate) struct Cancel {
+    requested: AtomicBool,
+    /// A second handle on the socket being opened, to shut it down: every blocking read or
+    /// write on it (TLS, the upgrade, the wait for `session.created`) then ends at once.
+    opening: Mutex<Option<TcpStream>>,
+    /// Signalled on cancel, for a connect still waiting for the peer.
+    wake: Arc<Wake>,
+}
+
+impl Cancel {
+    pub(crate) fn new(wake: Arc<Wake>) -> Cancel {
+        Cancel {
+            requested: AtomicBool::new(false),
+            opening: Mutex::new(None),
+            wake,
+        }
+    }
+
+    /// Stops any opening under way, and every later one.
+    pub(crate) fn cancel(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        if let Some(s) = lock(&self.opening).take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        // Unconditionally: the senders' wake-up may be marked pending and not signal again.
+        self.wake.signal();
+    }
+
+    pub(crate) fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// Registers the socket being opened; refused if cancel came first. Under the lock, so
+    /// either this sees the request or `cancel` sees the socket.
+    fn watch(&self, tcp: &TcpStream) -> Result<()> {
+        let handle = tcp.try_clone().map_err(|source| Error::Io {
+            phase: Phase::Connect,
+            source,
+        })?;
+        let mut slot = lock(&self.opening);
+        if self.is_requested() {
+            return Err(Error::Closed);
+        }
+        *slot = Some(handle);
+        Ok(())
+    }
+
+    fn unwatch(&self) {
+        lock(&self.opening).take();
+    }
+}
+
+fn connect_tcp(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    cancel: Option<&Cancel>,
+) -> Result<TcpStream> {
     let deadline = Instant::now() + timeout;
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
@@ -143,11 +207,18 @@ fn connect_tcp(host: &str, port: u16, timeout: Duration) -> Result<TcpStream> {
                 after: timeout,
             });
         }
-        match TcpStream::connect_timeout(&addr, left) {
+        let attempt = match cancel {
+            Some(c) => crate::sys::connect(&addr, left, c.wake.fd(), &mut || {
+                // Another wake-up (a command queued) is drained: the commands stay queued
+                // for the new connection, which looks at the queue first thing.
+                c.wake.drain();
+                c.is_requested()
+            }),
+            None => TcpStream::connect_timeout(&addr, left),
+        };
+        match attempt {
             Ok(s) => return Ok(s),
-            Err(e) if e.kind() == ErrorKind::TimedOut => {
-                last = e;
-            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Err(Error::Closed),
             Err(e) => last = e,
         }
     }
@@ -485,8 +556,24 @@ fn upgrade(
     ))
 }
 
-/// Opens the connection and waits for `session.created`, checking the model served.
-pub(crate) fn open(params: &ConnectParams, key: &ApiKey) -> Result<Opened> {
+/// Opens the connection and waits for `session.created`, checking the model served. With
+/// `cancel`, another thread can stop it at any point ([`Error::Closed`]).
+pub(crate) fn open(
+    params: &ConnectParams,
+    key: &ApiKey,
+    cancel: Option<&Cancel>,
+) -> Result<Opened> {
+    let opened = open_watched(params, key, cancel);
+    if let Some(c) = cancel {
+        c.unwatch();
+        if c.is_requested() {
+            return Err(Error::Closed);
+        }
+    }
+    opened
+}
+
+fn open_watched(params: &ConnectParams, key: &ApiKey, cancel: Option<&Cancel>) -> Result<Opened> {
     params.validate()?;
     let url = params.request_url();
     let target = parse_target(params, &url)?;
@@ -499,9 +586,12 @@ pub(crate) fn open(params: &ConnectParams, key: &ApiKey) -> Result<Opened> {
         |name| std::env::var(name).ok(),
     )?;
     let mut tcp = match &proxy {
-        Some(p) => connect_tcp(&p.host, p.port, params.timeouts.connect)?,
-        None => connect_tcp(&target.host, target.port, params.timeouts.connect)?,
+        Some(p) => connect_tcp(&p.host, p.port, params.timeouts.connect, cancel)?,
+        None => connect_tcp(&target.host, target.port, params.timeouts.connect, cancel)?,
     };
+    if let Some(c) = cancel {
+        c.watch(&tcp)?;
+    }
     let io_err = |phase| move |source| Error::Io { phase, source };
     // Appends are small and latency matters more than packet count.
     tcp.set_nodelay(true).map_err(io_err(Phase::Connect))?;
@@ -738,7 +828,7 @@ mod tests {
             out.extend_from_slice(created);
             vec![out]
         });
-        let opened = open(&short(&url), &ApiKey::new("k-1")).unwrap();
+        let opened = open(&short(&url), &ApiKey::new("k-1"), None).unwrap();
         assert!(matches!(opened.created.kind, EventKind::SessionCreated(_)));
         drop(opened);
         let head = server.join().unwrap();
@@ -755,7 +845,7 @@ mod tests {
                     .to_vec(),
             ]
         });
-        match open(&short(&url), &ApiKey::new("k")) {
+        match open(&short(&url), &ApiKey::new("k"), None) {
             Err(Error::Handshake(m)) => assert!(m.contains("Sec-WebSocket-Accept"), "{m}"),
             other => panic!("{:?}", other.map(|_| ())),
         }
@@ -775,7 +865,7 @@ mod tests {
                 body.as_bytes().to_vec(),
             ]
         });
-        match open(&short(&url), &ApiKey::new("k")) {
+        match open(&short(&url), &ApiKey::new("k"), None) {
             Err(Error::Authentication { status, body: got }) => {
                 assert_eq!(status, 401);
                 assert_eq!(got, body);
