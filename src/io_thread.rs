@@ -190,10 +190,10 @@ fn jittered(d: Duration, jitter: f64) -> Duration {
 
 impl IoThread {
     pub fn run(mut self) {
-        lock(&self.link).replay = self.params.reconnect.map(|p| {
-            let bpm = self.shared.bytes_per_ms();
-            Replay::new(p.replay_window.as_millis() as u64 * bpm, bpm)
-        });
+        lock(&self.link).replay = self
+            .params
+            .reconnect
+            .map(|p| Replay::new(u64::try_from(p.replay_window.as_millis()).unwrap_or(u64::MAX)));
         let mut st = State {
             out: EventOut {
                 tx: self.events.clone(),
@@ -545,7 +545,7 @@ impl IoThread {
             };
             let written = match cmd {
                 Command::Frame { text, audio_bytes } => {
-                    let r = link.write_audio(text, audio_bytes, self.shared.bytes_per_ms());
+                    let r = link.write_audio(text, self.shared.frame_audio(audio_bytes));
                     if r.is_err() && link.replay.is_none() {
                         st.unsent_bytes += audio_bytes;
                     }
@@ -574,6 +574,9 @@ impl IoThread {
                 } => {
                     st.waiters.finish = reply.map(|r| (event_id, r));
                     st.finish_sent = true;
+                    if let Some(replay) = &mut link.replay {
+                        replay.finish();
+                    }
                     link.write(Message::Text(text.into()))
                 }
                 Command::Notify(event) => {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tungstenite::{Message, Utf8Bytes};
 
-use crate::replay::Replay;
+use crate::replay::{FrameAudio, Replay};
 use crate::transport::Socket;
 
 pub(crate) struct Link {
@@ -41,12 +41,10 @@ impl Link {
     pub fn write_audio(
         &mut self,
         text: Utf8Bytes,
-        audio_bytes: u64,
-        bytes_per_ms: u64,
+        audio: FrameAudio,
     ) -> Result<(), tungstenite::Error> {
         if let Some(replay) = &mut self.replay {
-            replay.set_bytes_per_ms(bytes_per_ms);
-            replay.audio(text.clone(), audio_bytes);
+            replay.audio(text.clone(), audio);
         }
         self.write(Message::Text(text))
     }
