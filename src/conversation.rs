@@ -169,9 +169,18 @@ impl Shared {
         lock(&self.session_id).clone()
     }
 
-    /// Bytes of PCM per millisecond at the session's rate.
-    pub(crate) fn bytes_per_ms(&self) -> u64 {
-        u64::from(self.sample_rate.load(Ordering::Relaxed)) * 2 / 1000
+    /// How the replay window counts a frame of `bytes` of audio. Opus's duration cannot be
+    /// known from its size; until it is, Opus bytes count as PCM bytes would, which keeps the
+    /// window's memory bounded, and Opus frames are replayed whole.
+    pub(crate) fn frame_audio(&self, bytes: u64) -> crate::replay::FrameAudio {
+        let sample_rate = self.sample_rate.load(Ordering::Relaxed);
+        if self.pcm.load(Ordering::Relaxed) {
+            crate::replay::FrameAudio::Pcm { bytes, sample_rate }
+        } else {
+            crate::replay::FrameAudio::Coded {
+                duration_us: bytes.saturating_mul(500_000) / u64::from(sample_rate.max(1)),
+            }
+        }
     }
 
     /// Milliseconds of PCM audio in `bytes` at the session's rate (0 for Opus, whose duration
@@ -441,7 +450,7 @@ impl Shared {
                 continue;
             }
             if link
-                .write_audio(text, audio_bytes, self.bytes_per_ms())
+                .write_audio(text, self.frame_audio(audio_bytes))
                 .is_err()
             {
                 // The connection failed; the I/O thread finds out on its next read. The
@@ -638,7 +647,7 @@ impl Conversation {
             opened.socket,
             Arc::clone(&tcp),
             // Sized by the I/O thread, which knows the session's rate when it starts.
-            Replay::new(0, 32),
+            Replay::new(0),
         )));
         let (ev_tx, ev_rx) = unbounded();
         let defaults = SessionConfig::default();

@@ -250,15 +250,11 @@ impl IoThread {
     /// Serves connections, replacing lost ones if asked to, until the conversation ends;
     /// returns how.
     fn serve_all(&mut self, st: &mut State) -> (u16, String) {
-        {
-            let bpm = self.shared.bytes_per_ms();
-            // Without reconnecting the window keeps no frames, only the accounting.
-            let window = self
-                .params
-                .reconnect
-                .map_or(0, |p| p.replay_window.as_millis() as u64 * bpm);
-            lock(&self.link).replay = Replay::new(window, bpm);
-        }
+        // Without reconnecting the window keeps no frames, only the accounting.
+        let window_ms = self.params.reconnect.map_or(0, |p| {
+            u64::try_from(p.replay_window.as_millis()).unwrap_or(u64::MAX)
+        });
+        lock(&self.link).replay = Replay::new(window_ms);
         loop {
             match self.serve(st) {
                 LinkEnd::Closed(code, reason) => return (code, reason),
@@ -632,7 +628,7 @@ impl IoThread {
                 Command::Frame { text, audio_bytes } => {
                     self.shared.dequeued(audio_bytes);
                     // A failed write is in the replay accounting: replayed or reported.
-                    link.write_audio(text, audio_bytes, self.shared.bytes_per_ms())
+                    link.write_audio(text, self.shared.frame_audio(audio_bytes))
                 }
                 Command::Commit { text } => {
                     link.replay.commit();
@@ -655,6 +651,7 @@ impl IoThread {
                 } => {
                     st.waiters.finish = reply.map(|r| (event_id, r));
                     st.finish_sent = true;
+                    link.replay.finish();
                     link.write(Message::Text(text.into()))
                 }
                 Command::Notify(event) => {

@@ -26,6 +26,13 @@ pub mod resample;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 
+/// Crate-private parts that the fuzz targets drive: not a public API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::replay::{Accounting, FrameAudio, Replay};
+}
+
 pub use callback::{Callback, CallbackThread};
 #[cfg(feature = "alsa")]
 pub use capture::{Capture, CaptureConfig};

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tungstenite::{Message, Utf8Bytes};
 
-use crate::replay::Replay;
+use crate::replay::{FrameAudio, Replay};
 use crate::transport::Socket;
 
 pub(crate) struct Link {
@@ -72,17 +72,15 @@ impl Link {
     pub fn write_audio(
         &mut self,
         text: Utf8Bytes,
-        audio_bytes: u64,
-        bytes_per_ms: u64,
+        audio: FrameAudio,
     ) -> Result<(), tungstenite::Error> {
-        if audio_bytes > 0 {
+        let ms = audio.duration_ms();
+        if ms > 0 {
             // What a millisecond of this audio costs on the wire, to tell how far behind
             // the bytes still in the socket put us.
-            let ms = (audio_bytes / bytes_per_ms.max(1)).max(1);
             self.wire_bytes_per_ms = (text.len() as u64 / ms).max(1);
         }
-        self.replay.set_bytes_per_ms(bytes_per_ms);
-        self.replay.audio(text.clone(), audio_bytes);
+        self.replay.audio(text.clone(), audio);
         self.write(Message::Text(text))
     }
 

@@ -519,3 +519,70 @@ fn appends_wait_out_a_server_that_stops_reading_and_lose_nothing() {
         assert_eq!(s.audio_data, le_bytes(&audio), "tls {tls}");
     }
 }
+
+#[test]
+fn the_replay_starts_at_the_acknowledged_point_not_at_its_frame() {
+    // Chunks of 93.75 ms: the first tone's end (1000 ms, byte 32,000) falls 2,000 bytes into
+    // a chunk. The link dies inside the second tone; the new session must start at the first
+    // tone's end (rounded down to 6 bytes within its chunk), not at the chunk holding it.
+    const ODD_CHUNK: usize = 1500;
+    let emu = start_emulator(recording(vec![Fault::AfterAppends {
+        n: 28, // 2.625 s: inside the second tone (2.2 s to 3.2 s)
+        action: FaultAction::Close {
+            code: 1011,
+            reason: "model unavailable".into(),
+        },
+    }]));
+    let conv = Conversation::start(reconnecting_params(emu.url()), &SessionConfig::vad()).unwrap();
+    let (audio, tones) = distinct_utterances(4);
+    for c in audio.chunks(ODD_CHUNK) {
+        conv.append_pcm(c).expect("append");
+    }
+    let ended = conv.end_session(WAIT);
+    let events = collect_until_closed(&conv);
+    ended.unwrap_or_else(|e| panic!("end_session: {e}; events {:?}", types(&events)));
+    assert_eq!(reconnected(&events).len(), 1, "{:?}", types(&events));
+    // The acknowledged point: where the last utterance completed before the reconnect ended.
+    let before: Vec<&Event> = events
+        .iter()
+        .take_while(|e| !matches!(e.kind, EventKind::Reconnected { .. }))
+        .collect();
+    let done = before.iter().rev().find_map(|e| match &e.kind {
+        EventKind::Completed(c) => c.item_id.clone(),
+        _ => None,
+    });
+    let done = done.expect("the first tone was transcribed before the link died");
+    let acked_ms = before
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::SpeechStopped {
+                item_id: Some(id),
+                audio_end_ms,
+            } if *id == done => *audio_end_ms,
+            _ => None,
+        })
+        .expect("its speech_stopped");
+    let acked = acked_ms as usize * 32;
+    let chunk_bytes = ODD_CHUNK * 2;
+    let frame_start = acked / chunk_bytes * chunk_bytes;
+    assert!(
+        acked > frame_start,
+        "the acknowledged point is inside a chunk"
+    );
+    let expected = frame_start + (acked - frame_start) / 6 * 6;
+    let sent = le_bytes(&audio);
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), 2);
+    let replayed = &sessions[1].audio_data;
+    let start = sent.len() - replayed.len();
+    assert_eq!(
+        start, expected,
+        "the new session starts at the acknowledged byte {acked} (rounded to 6), \
+         not at its chunk's start {frame_start}"
+    );
+    assert_eq!(&sent[start..], &replayed[..]);
+    // The cut may resend up to 2 acknowledged samples (here the first tone's last one, close
+    // to silence): the tones' last 6 bytes are left out of the overlap check.
+    let trimmed: Vec<(usize, usize)> = tones.iter().map(|&(a, b)| (a, b - 6)).collect();
+    assert_each_utterance_once(&sent, &trimmed, &sessions, &events);
+}
