@@ -74,11 +74,10 @@ impl Link {
         text: Utf8Bytes,
         audio: FrameAudio,
     ) -> Result<(), tungstenite::Error> {
-        let ms = audio.duration_ms();
-        if ms > 0 {
-            // What a millisecond of this audio costs on the wire, to tell how far behind
-            // the bytes still in the socket put us.
-            self.wire_bytes_per_ms = (text.len() as u64 / ms).max(1);
+        // What a millisecond of this audio costs on the wire, to tell how far behind the
+        // bytes still in the socket put us.
+        if let Some(per_ms) = (text.len() as u64).checked_div(audio.duration_ms()) {
+            self.wire_bytes_per_ms = per_ms.max(1);
         }
         self.replay.audio(text.clone(), audio);
         self.write(Message::Text(text))
