@@ -225,9 +225,7 @@ mod tests {
                 true
             },
         );
-        let e = r
-            .err()
-            .expect("a connect into a full accept queue went through");
+        let e = r.expect_err("a connect into a full accept queue went through");
         assert_eq!(e.kind(), io::ErrorKind::Interrupted, "{e:?}");
         assert_eq!(asked, 1);
     }
