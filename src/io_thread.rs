@@ -527,6 +527,10 @@ impl IoThread {
             got_frames = true;
             match message {
                 Message::Text(text) => {
+                    #[cfg(test)]
+                    if text.as_str() == tests::PANIC_FRAME {
+                        panic!("a test asked the I/O thread to panic");
+                    }
                     let event = Event::parse(text.as_str().to_owned());
                     self.on_event(&event, st, &mut link.replay);
                     log::debug!("event {}", event.type_name());
@@ -1021,5 +1025,60 @@ fn poll(socket: Option<(i32, bool)>, wake: Option<i32>, timeout: Option<Duration
     Ready {
         socket: fds[0].revents != 0,
         wake: fds[1].revents != 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::emulator::{Emulator, EmulatorConfig, Fault, FaultAction};
+    use crate::{ConnectParams, Conversation, EventKind, SessionConfig};
+
+    /// A server frame that makes a test build's I/O thread panic.
+    pub(super) const PANIC_FRAME: &str = "qwen-asr-realtime test: panic here";
+
+    /// Before: a panic on the I/O thread left the conversation open (`is_closed` false), with
+    /// no `client.closed` and no word about the audio sent.
+    #[test]
+    fn a_panic_on_the_io_thread_still_reports_the_audio_and_ends_with_closed() {
+        let emu = Emulator::start(EmulatorConfig {
+            faults: vec![Fault::AfterAppends {
+                n: 5,
+                action: FaultAction::SendText(PANIC_FRAME.into()),
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+        let params = ConnectParams::new().url(emu.url()).api_key("k");
+        let conv = Conversation::start(params, &SessionConfig::manual()).unwrap();
+        for _ in 0..10 {
+            // The panic may come first: then the appends are refused.
+            let _ = conv.append_pcm(&[100i16; 1600]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut events = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match conv.recv_timeout(left) {
+                Ok(e) => events.push(e.kind),
+                Err(_) => break,
+            }
+        }
+        let dropped: u64 = events
+            .iter()
+            .filter_map(|k| match k {
+                EventKind::AudioDropped { ms, .. } => Some(*ms),
+                _ => None,
+            })
+            .sum();
+        assert!(
+            matches!(events.last(), Some(EventKind::Closed { code: 1011, .. })),
+            "{events:?}"
+        );
+        assert!(
+            dropped >= 500,
+            "reported {dropped} ms of the 500+ sent: {events:?}"
+        );
+        assert!(conv.is_closed());
     }
 }

@@ -143,3 +143,55 @@ pub(crate) fn wait_writable(socket: &TcpStream, timeout: Duration) -> bool {
     let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
     ready > 0 && pfd.revents & libc::POLLOUT != 0
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+
+    use tungstenite::protocol::Role;
+    use tungstenite::stream::MaybeTlsStream;
+    use tungstenite::WebSocket;
+
+    use super::Link;
+    use crate::replay::Replay;
+
+    fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    fn socket(tcp: &TcpStream) -> crate::transport::Socket {
+        WebSocket::from_raw_socket(
+            MaybeTlsStream::Plain(tcp.try_clone().unwrap()),
+            Role::Client,
+            None,
+        )
+    }
+
+    /// Before: a sender waiting for room polled a descriptor number copied out of the link;
+    /// after a reconnect closed that socket, the number could name another file. The handle
+    /// keeps the old socket open, so it still names the old connection.
+    #[test]
+    fn a_room_wait_handle_keeps_naming_its_connection_across_a_reconnect() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (a, a_server) = pair(&listener);
+        let mut link = Link::new(socket(&a), Arc::new(a), Replay::new(0));
+        let handle = link.poll_handle();
+        let (b, _b_server) = pair(&listener);
+        link.replace_socket(socket(&b), Arc::new(b));
+        // Every other handle on the first connection is gone; a new socket now takes the
+        // lowest free descriptor, which is the old one's if it was closed.
+        let (_c, _c_server) = pair(&listener);
+        assert_eq!(
+            handle.peer_addr().unwrap(),
+            a_server.local_addr().unwrap(),
+            "the handle names the connection it was taken from"
+        );
+        assert!(crate::link::wait_writable(
+            &handle,
+            std::time::Duration::from_millis(10)
+        ));
+    }
+}
