@@ -69,6 +69,8 @@ APT_UPDATED=0
 CURRENT_STEP=setup
 TIMINGS=()
 REPORT=()
+# The README's size table, filled as the steps measure: keys "TARGET EXAMPLE", values KiB.
+declare -A SIZE_KIB=() RSS_KIB=() FLOOR_KIB=()
 
 log() { printf '[arm] %s\n' "$*"; }
 
@@ -466,6 +468,7 @@ step_sizes() {
             size_kib=$(($(stat -c %s "$stripped") / 1024))
             log "  size: $(stat -c %s "$bin") bytes as built, $(stat -c %s "$stripped") bytes stripped ($size_kib KiB)"
             REPORT+=("$(printf 'size  %-31s %-16s %6d KiB stripped' "$target" "$ex" "$size_kib")")
+            SIZE_KIB["$target $ex"]=$size_kib
         done
     done
     if [[ -z $(list_examples) ]]; then
@@ -521,6 +524,8 @@ step_examples_under_qemu() {
     fi
 
     run_measured transcribe_file "${runner[@]}" "$dir/transcribe_file" --emulator "$wav"
+    RSS_KIB["$target transcribe_file"]=$(peak_rss_kib "$out/transcribe_file.time")
+    FLOOR_KIB[$target]=$floor
     REPORT+=("$(printf 'rss   %-31s %-16s %6d KiB peak (qemu floor %d KiB), --emulator %s' \
         "$target" transcribe_file "$(peak_rss_kib "$out/transcribe_file.time")" "$floor" "$wav")")
     [[ -f $dir/mic ]] || return 0
@@ -539,11 +544,49 @@ step_examples_under_qemu() {
         --device ci_capture --seconds "$seconds"
     REPORT+=("$(printf 'rss   %-31s %-16s %6d KiB peak (qemu floor %d KiB), --emulator, ALSA file PCM' \
         "$target" mic "$(peak_rss_kib "$out/mic.time")" "$floor")")
+    RSS_KIB["$target mic"]=$(peak_rss_kib "$out/mic.time")
     if ! cmp -s "$out/transcribe_file.out" "$out/mic.out" || [[ ! -s $out/mic.out ]]; then
         die "$target: mic through ALSA did not print the digests transcribe_file printed" \
             "($out/mic.out vs $out/transcribe_file.out)."
     fi
     log "$target: mic through ALSA and transcribe_file printed the same digests"
+}
+
+# The README's table of sizes and peak RSS ("What is verified here"), from this run's
+# measurements, with the commit they belong to: the README carries no figures of its own, which
+# went stale as the code grew. Unmeasured cells (ARMv6 is not run; a step skipped) stay empty.
+readme_table() {
+    local commit ex target cell row
+    commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "unknown (not a git checkout)")
+    if [[ $commit != unknown* ]] && ! git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null; then
+        commit+=" plus uncommitted changes"
+    fi
+    printf 'Sizes and peak RSS, measured at commit %s:\n' "$commit"
+    printf '| | aarch64 | armv7 | ARMv6 |\n| --- | --- | --- | --- |\n'
+    for ex in $(deploy_examples); do
+        row="| \`$ex\`, stripped |"
+        for target in "$AARCH64" "$ARMV7" "$ARMV6"; do
+            cell=${SIZE_KIB["$target $ex"]:-}
+            row+=" ${cell:+$cell KiB} |"
+        done
+        printf '%s\n' "$row"
+    done
+    for ex in transcribe_file mic; do
+        case $ex in
+        transcribe_file) row="| peak RSS under qemu, \`transcribe_file --emulator\` (qemu's own floor) |" ;;
+        mic) row="| peak RSS under qemu, \`mic --emulator\`, ALSA file PCM (qemu's own floor) |" ;;
+        esac
+        for target in "$AARCH64" "$ARMV7"; do
+            cell=${RSS_KIB["$target $ex"]:-}
+            if [[ -n $cell ]]; then
+                row+=$(awk -v r="$cell" -v f="${FLOOR_KIB[$target]:-0}" \
+                    'BEGIN { printf " %.1f MiB (%.1f MiB) |", r / 1024, f / 1024 }')
+            else
+                row+=" |"
+            fi
+        done
+        printf '%s |\n' "$row"
+    done
 }
 
 main() {
@@ -578,6 +621,8 @@ main() {
     printf '[arm] %s\n' "${REPORT[@]+"${REPORT[@]}"}"
     printf '[arm] total: %d s wall, %d s CPU (load average now: %s)\n' "$((SECONDS - t0))" "$(cpu_s)" \
         "$(cut -d' ' -f1-3 /proc/loadavg)"
+    printf '\n'
+    readme_table
 }
 
 main "$@"

@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use qwen_asr_realtime::{CaptureConfig, EventKind};
+use qwen_asr_realtime::{CaptureConfig, Conversation, Error};
 
 const USAGE: &str = "\
 mic: live transcripts from an ALSA microphone with Qwen-ASR-Realtime
@@ -67,7 +67,14 @@ fn main() {
     let config = common::session_config(&opts, 16000);
     let (conv, _emulator) =
         common::connect(&opts, &config).unwrap_or_else(|e| common::fail("connect", e));
+    let printer = common::Printer::spawn(&conv, opts.json);
+    let outcome = capture(&conv, &opts);
+    common::finish(conv, printer, outcome);
+}
 
+/// Captures until Ctrl-C, the `--seconds` limit, a capture error or the end of the
+/// connection, then ends the session; the error says what failed.
+fn capture(conv: &Conversation, opts: &common::Options) -> Result<(), String> {
     let mut capture_config = CaptureConfig::default().chunk_ms(opts.chunk_ms);
     if let Some(d) = &opts.device {
         capture_config = capture_config.device(d.clone());
@@ -77,26 +84,21 @@ fn main() {
     }
     let mut mic = conv
         .stream_from_microphone(capture_config)
-        .unwrap_or_else(|e| common::fail("microphone", e));
+        .map_err(|e| common::failure("microphone", e))?;
     eprintln!("capturing from {}", mic.negotiated());
     if opts.manual {
         eprintln!("manual mode: press Enter to commit what was said");
     }
 
-    let mut display = common::Display::new(opts.json);
+    // The printer thread shows the events; this one only watches for the end and for Enter.
     let tick = Duration::from_millis(50);
     while !INTERRUPTED.load(Ordering::SeqCst) && mic.is_running() && !conv.is_closed() {
-        while let Ok(event) = conv.try_recv() {
-            display.show(&event);
-        }
-        if opts.manual && enter_pressed(tick) {
+        if !opts.manual {
+            std::thread::sleep(tick);
+        } else if enter_pressed(tick) {
             match conv.commit() {
-                Ok(()) | Err(qwen_asr_realtime::Error::EmptyCommit) => {}
+                Ok(()) | Err(Error::EmptyCommit) => {}
                 Err(e) => eprintln!("commit: {e}"),
-            }
-        } else if !opts.manual {
-            if let Ok(event) = conv.recv_timeout(tick) {
-                display.show(&event);
             }
         }
     }
@@ -109,18 +111,10 @@ fn main() {
     }
     if opts.manual {
         match conv.commit() {
-            Ok(()) | Err(qwen_asr_realtime::Error::EmptyCommit) => {}
+            Ok(()) | Err(Error::EmptyCommit) => {}
             Err(e) => eprintln!("commit: {e}"),
         }
     }
-    let result = conv.end_session(common::END_SESSION_TIMEOUT);
-    for event in conv.iter() {
-        display.show(&event);
-        if matches!(event.kind, EventKind::Closed { .. }) {
-            break;
-        }
-    }
-    if let Err(e) = result {
-        common::fail("end of session", e);
-    }
+    conv.end_session(common::END_SESSION_TIMEOUT)
+        .map_err(|e| common::failure("end of session", e))
 }

@@ -3,9 +3,11 @@
 
 mod common;
 
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use qwen_asr_realtime::wav::WavReader;
+use qwen_asr_realtime::Conversation;
 
 const USAGE: &str = "\
 transcribe_file: stream a WAV file to Qwen-ASR-Realtime and print the transcripts
@@ -41,8 +43,19 @@ fn main() {
     let config = common::session_config(&opts, spec.sample_rate);
     let (conv, _emulator) =
         common::connect(&opts, &config).unwrap_or_else(|e| common::fail("connect", e));
-    let printer = common::spawn_printer(&conv, opts.json);
+    let printer = common::Printer::spawn(&conv, opts.json);
+    let outcome = stream(&conv, &mut wav, &opts, path);
+    common::finish(conv, printer, outcome);
+}
 
+/// Streams the file, then ends the session; the error says what failed.
+fn stream(
+    conv: &Conversation,
+    wav: &mut WavReader<impl Read>,
+    opts: &common::Options,
+    path: &str,
+) -> Result<(), String> {
+    let spec = wav.spec();
     // One chunk's worth of bytes, reused for the whole file: the file is streamed, not loaded.
     let chunk_samples = (spec.sample_rate * opts.chunk_ms / 1000) as usize;
     let mut buf = vec![0u8; chunk_samples * 2];
@@ -51,26 +64,29 @@ fn main() {
     loop {
         let n = wav
             .read_bytes(&mut buf)
-            .unwrap_or_else(|e| common::fail(path, e));
+            .map_err(|e| common::failure(path, e))?;
         if n == 0 {
             break;
         }
-        if let Err(e) = conv.append_bytes(&buf[..n]) {
-            common::fail("append", e);
-        }
+        conv.append_bytes(&buf[..n])
+            .map_err(|e| common::failure("append", e))?;
         sent_ms += (n / 2) as u64 * 1000 / u64::from(spec.sample_rate);
         if opts.realtime {
             let due = start + Duration::from_millis(sent_ms);
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
         }
     }
+    if let Some(missing) = wav.truncated() {
+        let bytes_per_ms = u64::from(spec.sample_rate) * 2 / 1000;
+        eprintln!(
+            "warning: {path} is truncated: its header announces {} ms more audio than the file \
+             holds; the {sent_ms} ms it holds were sent",
+            missing / bytes_per_ms.max(1)
+        );
+    }
     if opts.manual && sent_ms > 0 {
-        conv.commit().unwrap_or_else(|e| common::fail("commit", e));
+        conv.commit().map_err(|e| common::failure("commit", e))?;
     }
-    let result = conv.end_session(common::END_SESSION_TIMEOUT);
-    drop(conv); // ends the event stream, so the printer finishes
-    let _ = printer.join();
-    if let Err(e) = result {
-        common::fail("end of session", e);
-    }
+    conv.end_session(common::END_SESSION_TIMEOUT)
+        .map_err(|e| common::failure("end of session", e))
 }

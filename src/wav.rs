@@ -54,6 +54,9 @@ pub struct WavReader<R> {
     remaining: Option<u64>,
     /// A byte of a sample split across two reads.
     carry: Option<u8>,
+    /// Bytes of sample data the header announced that the file did not hold, once its end
+    /// was reached early.
+    truncated: Option<u64>,
 }
 
 impl WavReader<BufReader<File>> {
@@ -133,6 +136,7 @@ impl<R: Read> WavReader<R> {
                         spec,
                         remaining,
                         carry: None,
+                        truncated: None,
                     });
                 }
                 _ => {
@@ -155,6 +159,17 @@ impl<R: Read> WavReader<R> {
     /// The number of samples (all channels) the header announces, if it gives one.
     pub fn len_samples(&self) -> Option<u64> {
         self.remaining.map(|b| b / 2)
+    }
+
+    /// `Some(bytes)` once reading reached the end of the file before the end of the sample
+    /// data its header announced (a copy cut short, a recording that was killed): that many
+    /// bytes of audio were announced and never delivered. What the file does hold was read
+    /// normally, and the end is still a read of 0; this tells the caller that the end came
+    /// early, which is also logged as a warning when it happens. `None` while the end has not
+    /// been reached, when the data ended where the header said, or when the header gave no
+    /// size.
+    pub fn truncated(&self) -> Option<u64> {
+        self.truncated
     }
 
     /// Reads up to `out.len()` interleaved samples; 0 at the end of the data.
@@ -189,9 +204,13 @@ impl<R: Read> WavReader<R> {
             self.carry = None;
             n = 1;
         }
+        let mut at_end = false;
         while n < want {
             match self.inner.read(&mut out[n..want]) {
-                Ok(0) => break,
+                Ok(0) => {
+                    at_end = true;
+                    break;
+                }
                 Ok(k) => n += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
@@ -204,6 +223,16 @@ impl<R: Read> WavReader<R> {
         }
         if let Some(r) = &mut self.remaining {
             *r -= n as u64;
+            // A half sample kept in `carry` at the end is part of what is missing: it is
+            // never delivered.
+            if at_end && *r > 0 && self.truncated.is_none() {
+                log::warn!(
+                    "the WAV file ends {} bytes before the end of the audio its header announces \
+                     (truncated): the audio up to there was read",
+                    *r
+                );
+                self.truncated = Some(*r);
+            }
         }
         Ok(n)
     }
@@ -286,6 +315,43 @@ mod tests {
         let mut buf = [0i16; 16];
         assert_eq!(r.read_samples(&mut buf).unwrap(), 3);
         assert_eq!(r.read_samples(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_file_shorter_than_its_header_says_is_read_and_reported_truncated() {
+        let samples: Vec<i16> = (0..1000).map(|i| i as i16).collect();
+        let mut file = wav(16000, &samples, false);
+        // The header announces 1000 samples; the file holds 600 and half of the 601st.
+        file.truncate(44 + 1201);
+        let mut r = WavReader::new(file.as_slice()).unwrap();
+        assert_eq!(r.truncated(), None, "not before the end is reached");
+        let mut got = Vec::new();
+        let mut buf = [0i16; 256];
+        for _ in 0..20 {
+            let n = r.read_samples(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, samples[..600]);
+        assert_eq!(r.truncated(), Some(2000 - 1200));
+        assert_eq!(r.read_samples(&mut buf).unwrap(), 0);
+        assert_eq!(r.truncated(), Some(800), "reported once, unchanged");
+
+        // Whole files, and files whose header gives no size, are not truncated.
+        let whole = wav(16000, &samples, false);
+        let mut r = WavReader::new(whole.as_slice()).unwrap();
+        let mut big = [0i16; 2000];
+        assert_eq!(r.read_samples(&mut big).unwrap(), 1000);
+        assert_eq!(r.read_samples(&mut big).unwrap(), 0);
+        assert_eq!(r.truncated(), None);
+        let mut streaming = whole.clone();
+        streaming[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut r = WavReader::new(streaming.as_slice()).unwrap();
+        assert_eq!(r.read_samples(&mut big).unwrap(), 1000);
+        assert_eq!(r.read_samples(&mut big).unwrap(), 0);
+        assert_eq!(r.truncated(), None);
     }
 
     #[test]

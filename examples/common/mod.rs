@@ -1,11 +1,13 @@
 //! What the examples share: options, connecting (to the service or the bundled emulator),
-//! and showing events on a terminal or as JSON lines.
+//! showing events on a terminal or as JSON lines, and ending a run so that the library's
+//! last events are shown before the process exits.
 #![allow(dead_code)] // each example uses its own subset
 
 use std::io::{IsTerminal, Write};
+use std::sync::mpsc;
 use std::time::Duration;
 
-use qwen_asr_realtime::config::{ApiKey, API_KEY_ENV};
+use qwen_asr_realtime::config::{ApiKey, API_KEY_ENV, API_KEY_FILE_ENV};
 use qwen_asr_realtime::emulator::{Emulator, EmulatorConfig};
 use qwen_asr_realtime::{
     ConnectParams, Conversation, Error, Event, EventKind, ReconnectPolicy, SessionConfig,
@@ -24,8 +26,8 @@ pub const COMMON_OPTIONS: &str = "  --url URL          service endpoint (default
   --chunk-ms N       audio per append in ms, 20..=500 (default 100)
   --ca-cert PEM      also trust the CA certificate in this PEM file (repeatable), for a private
                      gateway or a TLS-inspecting proxy; the system's roots stay trusted
-  --emulator         use the bundled local emulator instead of the service (also the fallback
-                     when no API key is found)
+  --emulator         use the bundled local emulator instead of the service (no API key needed;
+                     without a key and without this flag, the example stops with an error)
   --json             one JSON object per line on stdout: every event as received, and the
                      library's own events with a type starting client.
   --no-reconnect     end on a dropped connection instead of reconnecting and replaying the
@@ -167,8 +169,9 @@ pub fn session_config(o: &Options, sample_rate: u32) -> SessionConfig {
     cfg
 }
 
-/// Connects to the service, or starts the bundled emulator (with `--emulator`, or when no
-/// API key is found and no URL was given) and connects to it; says which on stderr.
+/// Connects to the service, or with `--emulator` starts the bundled emulator and connects to
+/// it (saying so on stderr). Without an API key and without `--emulator`, exits 2 with a
+/// one-line error: quietly running against the emulator would look like success on a device.
 pub fn connect(
     o: &Options,
     config: &SessionConfig,
@@ -181,15 +184,16 @@ pub fn connect(
         params = params.model(m.clone());
     }
     let have_key = o.api_key.is_some() || ApiKey::from_env().is_ok();
-    let use_emulator = o.emulator || (!have_key && o.url.is_none());
+    if !o.emulator && !have_key {
+        eprintln!(
+            "error: no API key: set {API_KEY_ENV} (or {API_KEY_FILE_ENV}, or write it to \
+             ~/.dashscope/api_key) or pass --api-key KEY; or add --emulator to use the bundled \
+             local emulator"
+        );
+        std::process::exit(2);
+    }
     let mut emulator = None;
-    if use_emulator {
-        if !o.emulator {
-            eprintln!(
-                "note: no API key found (set {API_KEY_ENV} to use the service); \
-                 using the bundled local emulator instead"
-            );
-        }
+    if o.emulator {
         let emu = Emulator::start(EmulatorConfig::default())
             .map_err(|e| Error::Internal(format!("cannot start the emulator: {e}")))?;
         eprintln!("using the bundled local emulator at {}", emu.url());
@@ -265,24 +269,84 @@ impl Display {
     }
 }
 
-/// Prints the conversation's events on a thread of its own until the stream ends.
-pub fn spawn_printer(conv: &Conversation, json: bool) -> std::thread::JoinHandle<()> {
-    let events = conv.events();
-    std::thread::Builder::new()
-        .name("printer".into())
-        .spawn(move || {
-            let mut display = Display::new(json);
-            for event in events.iter() {
-                display.show(&event);
-            }
-        })
-        .expect("cannot start the printer thread")
+/// Shows the conversation's events on a thread of its own, up to `client.closed` (always the
+/// library's last event); [`finish`] waits for it.
+pub struct Printer {
+    /// Receives, when the thread is done, whether it showed `client.closed`.
+    done: mpsc::Receiver<bool>,
+}
+
+impl Printer {
+    /// Starts the thread.
+    pub fn spawn(conv: &Conversation, json: bool) -> Printer {
+        let events = conv.events();
+        let (done_tx, done) = mpsc::channel();
+        let started = std::thread::Builder::new()
+            .name("printer".into())
+            .spawn(move || {
+                let mut display = Display::new(json);
+                let mut closed = false;
+                for event in events.iter() {
+                    display.show(&event);
+                    if matches!(event.kind, EventKind::Closed { .. }) {
+                        closed = true;
+                        break;
+                    }
+                }
+                let _ = done_tx.send(closed);
+            });
+        if let Err(e) = started {
+            fail("cannot start the printer thread", e);
+        }
+        Printer { done }
+    }
+}
+
+/// How long [`finish`] waits for the printer to show the last events once the conversation
+/// is closed. They are already queued by then (closing joins the library's I/O thread), so
+/// this only bounds a stuck terminal or pipe.
+pub const PRINTER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Ends a run however it went: closes the conversation (the library reports audio without
+/// a transcript as `client.audio_dropped`, then `client.closed`), waits up to
+/// [`PRINTER_DRAIN_TIMEOUT`] for the printer to show those events, and only then reports
+/// `outcome`'s error on stderr and exits 1. Exiting first would cut the output short of
+/// those last events. Also exits 1, with a warning, if the events did not end with
+/// `client.closed`. Returns on success.
+pub fn finish(conv: Conversation, printer: Printer, outcome: Result<(), String>) {
+    drop(conv);
+    let complete = match printer.done.recv_timeout(PRINTER_DRAIN_TIMEOUT) {
+        Ok(true) => true,
+        Ok(false) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+            eprintln!("warning: the event stream ended without client.closed");
+            false
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            eprintln!(
+                "warning: the last events were not all shown within {PRINTER_DRAIN_TIMEOUT:?}"
+            );
+            false
+        }
+    };
+    if let Err(e) = outcome {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+    if !complete {
+        std::process::exit(1);
+    }
+}
+
+/// `"{what}: {e}"`, the error line [`finish`] prints.
+pub fn failure(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
 }
 
 /// `end_session` with the SDKs' 20 s default.
 pub const END_SESSION_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Prints a one-line error and exits 1.
+/// Prints a one-line error and exits 1: for errors before a conversation exists (once one
+/// does, [`finish`] reports them after its last events).
 pub fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     eprintln!("error: {what}: {e}");
     std::process::exit(1);
