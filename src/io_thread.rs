@@ -699,8 +699,8 @@ impl IoThread {
             st.out.push(Event::client(EventKind::AudioDropped {
                 ms,
                 reason: format!(
-                    "the link fell more than {max_ms} ms behind (max_backlog); the oldest \
-                     queued audio was dropped"
+                    "more than {max_ms} ms of audio waited to leave the device (max_backlog); \
+                     the oldest queued audio was dropped"
                 ),
             }));
         }

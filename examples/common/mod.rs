@@ -32,6 +32,9 @@ pub const COMMON_OPTIONS: &str = "  --url URL          service endpoint (default
                      library's own events with a type starting client.
   --no-reconnect     end on a dropped connection instead of reconnecting and replaying the
                      audio whose transcript had not come back
+  --max-backlog-ms N when more than N ms of audio wait to leave the device (a live source on
+                     a slow link), drop the oldest queued audio, reported, instead of waiting
+                     for the link (default: wait; not for files sent faster than real time)
   -h, --help         this help";
 
 /// Parsed options.
@@ -50,6 +53,7 @@ pub struct Options {
     pub json: bool,
     pub realtime: bool,
     pub reconnect: bool,
+    pub max_backlog_ms: Option<u64>,
     pub device: Option<String>,
     pub seconds: Option<f64>,
     pub positional: Vec<String>,
@@ -92,6 +96,7 @@ fn try_parse(
             "--context",
             "--chunk-ms",
             "--ca-cert",
+            "--max-backlog-ms",
         ];
         let (name, inline) = match arg.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
@@ -131,6 +136,11 @@ fn try_parse(
                     ))?
             }
             "--ca-cert" => o.ca_certs.push(value),
+            "--max-backlog-ms" => {
+                o.max_backlog_ms = Some(value.parse().ok().filter(|n| *n > 0).ok_or(format!(
+                    "--max-backlog-ms takes a positive whole number, not {value:?}"
+                ))?)
+            }
             "--device" if extra_valued.contains(&"--device") => o.device = Some(value),
             "--seconds" if extra_valued.contains(&"--seconds") => {
                 o.seconds = Some(
@@ -179,6 +189,9 @@ pub fn connect(
     let mut params = ConnectParams::new();
     if o.reconnect {
         params = params.reconnect(ReconnectPolicy::default());
+    }
+    if let Some(ms) = o.max_backlog_ms {
+        params = params.max_backlog(Some(std::time::Duration::from_millis(ms)));
     }
     if let Some(m) = &o.model {
         params = params.model(m.clone());
@@ -260,6 +273,22 @@ impl Display {
                 eprintln!("capture overrun #{count}: about {gap_ms} ms of audio missing")
             }
             EventKind::CaptureError { message } => eprintln!("capture stopped: {message}"),
+            EventKind::LinkBehind { behind_ms } => {
+                eprintln!("the link is {behind_ms} ms behind real time")
+            }
+            EventKind::LinkCaughtUp { max_behind_ms } => {
+                eprintln!("the link caught up (it was up to {max_behind_ms} ms behind)")
+            }
+            EventKind::Reconnected {
+                attempt,
+                replayed_ms,
+                code,
+                reason,
+                ..
+            } => eprintln!(
+                "reconnected (attempt {attempt}) after the connection ended ({code} {reason}); \
+                 {replayed_ms} ms replayed"
+            ),
             EventKind::Closed { code, reason } if *code != 1000 => {
                 eprintln!("connection closed: {code} {reason}")
             }
