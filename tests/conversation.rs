@@ -6,9 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use qwen_asr_realtime::emulator::{
-    transcript_for, AudioDigest, EmulatorConfig, Fault, FaultAction,
-};
+use qwen_asr_emulator::{transcript_for, AudioDigest, EmulatorConfig, Fault, FaultAction};
 use qwen_asr_realtime::{
     Callback, ConnectParams, Conversation, Error, Event, EventKind, Phase, SessionConfig,
 };
@@ -171,7 +169,7 @@ fn the_wire_carries_the_sdk_client_events() {
 fn wss_with_a_self_signed_certificate_made_here() {
     let (cert, key) = self_signed_cert();
     let config = EmulatorConfig {
-        tls: Some(qwen_asr_realtime::emulator::TlsIdentity {
+        tls: Some(qwen_asr_emulator::TlsIdentity {
             cert_pem: cert.clone(),
             key_pem: key,
         }),
