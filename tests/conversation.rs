@@ -696,3 +696,22 @@ fn an_oversized_server_message_closes_with_1009() {
         types(&events)
     );
 }
+
+/// The client's language list against the emulator's own copy of the service's: every code the
+/// client lets through is one the service accepts (a code the client knows and the service does
+/// not would fail `start` with the server's error instead of a local one).
+#[test]
+fn every_language_the_client_accepts_the_emulator_accepts_too() {
+    let emu = start_emulator(EmulatorConfig::default());
+    for code in qwen_asr_realtime::config::LANGUAGES {
+        let conv = Conversation::start(params_for(&emu), &SessionConfig::vad().language(code))
+            .unwrap_or_else(|e| panic!("language {code}: {e}"));
+        conv.end_session(WAIT)
+            .unwrap_or_else(|e| panic!("language {code}: {e}"));
+    }
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), qwen_asr_realtime::config::LANGUAGES.len());
+    for (s, code) in sessions.iter().zip(qwen_asr_realtime::config::LANGUAGES) {
+        assert_eq!(s.config["input_audio_transcription"]["language"], code);
+    }
+}
