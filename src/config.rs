@@ -195,8 +195,9 @@ impl ReconnectPolicy {
     }
 }
 
-/// Which HTTP proxy to reach the service through (HTTP CONNECT).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Which HTTP proxy to reach the service through (HTTP CONNECT). Its `Debug` output hides
+/// the credentials of a proxy URL.
+#[derive(Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Proxy {
     /// From the environment, as curl reads it: `HTTPS_PROXY`/`https_proxy` for wss://,
@@ -210,9 +211,53 @@ pub enum Proxy {
     Url(String),
 }
 
+/// The default [`ConnectParams::send_buffer_bytes`].
+pub const DEFAULT_SEND_BUFFER_BYTES: usize = 32 * 1024;
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Proxy::Environment => f.write_str("Environment"),
+            Proxy::None => f.write_str("None"),
+            Proxy::Url(u) => f.debug_tuple("Url").field(&redact_userinfo(u)).finish(),
+        }
+    }
+}
+
+/// `url` with any `user:password@` replaced by `***@`, for messages and `Debug` output.
+pub(crate) fn redact_userinfo(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (format!("{s}://"), r),
+        None => (String::new(), url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}***@{host}{}", &rest[authority_end..]),
+        None => url.to_owned(),
+    }
+}
+
+/// `url` without credentials and with the value of every query parameter but `model`
+/// hidden: a gateway may take a token there.
+fn redact_url(url: &str) -> String {
+    let url = redact_userinfo(url);
+    let Some((base, query)) = url.split_once('?') else {
+        return url;
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some(("model", _)) | None => pair.to_owned(),
+            Some((name, _)) => format!("{name}=<redacted>"),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
+}
+
 /// How to reach the service: the Java SDK's `OmniRealtimeParam` plus this crate's transport
-/// knobs.
-#[derive(Debug, Clone)]
+/// knobs. Its `Debug` output shows no secret: not the API key, no header value (an
+/// `Authorization` header is a key too), no proxy or URL credentials.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ConnectParams {
     /// The model. Default [`DEFAULT_MODEL`].
@@ -254,6 +299,18 @@ pub struct ConnectParams {
     pub reconnect: Option<ReconnectPolicy>,
     /// The proxy. Default [`Proxy::Environment`].
     pub proxy: Proxy,
+    /// The kernel's send buffer for the socket (`SO_SNDBUF`, which Linux doubles), or `None`
+    /// to let the kernel autotune it. Default 32 KiB: under a second of PCM. Autotuned, it
+    /// grows to 4 MiB, and on a link slower than the audio that is over a minute of audio
+    /// that appends hand over without ever waiting, and that no one can see or get back.
+    pub send_buffer_bytes: Option<usize>,
+    /// The most audio that may wait to leave the device (queued, in the socket's buffers, in
+    /// the kernel's send queue) before the oldest queued audio is dropped and reported as
+    /// `client.audio_dropped`. For live sources that must not fall behind real time. Default
+    /// `None`: appends wait for the link instead, and nothing is dropped.
+    pub max_backlog: Option<Duration>,
+    /// The backlog at which `client.link_behind` is raised. Default 1 s.
+    pub behind_threshold: Duration,
 }
 
 impl Default for ConnectParams {
@@ -275,7 +332,75 @@ impl Default for ConnectParams {
             keepalive: Keepalive::default(),
             reconnect: None,
             proxy: Proxy::Environment,
+            send_buffer_bytes: Some(DEFAULT_SEND_BUFFER_BYTES),
+            max_backlog: None,
+            behind_threshold: Duration::from_secs(1),
         }
+    }
+}
+
+/// Text that `Debug` prints as it is, without quotes.
+struct Verbatim(String);
+
+impl fmt::Debug for Verbatim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ConnectParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured so that a new field cannot be added without deciding how it is shown.
+        let ConnectParams {
+            model,
+            url,
+            api_key,
+            workspace,
+            data_inspection,
+            headers,
+            timeouts,
+            root_certificates,
+            allow_insecure_ws,
+            max_frame_bytes,
+            send_queue_frames,
+            event_capacity,
+            max_incoming_message_bytes,
+            keepalive,
+            reconnect,
+            proxy,
+            send_buffer_bytes,
+            max_backlog,
+            behind_threshold,
+        } = self;
+        let header_names: Vec<Verbatim> = headers
+            .iter()
+            .map(|(name, _)| Verbatim(format!("({name:?}, <redacted>)")))
+            .collect();
+        let root_sizes: Vec<Verbatim> = root_certificates
+            .iter()
+            .map(|pem| Verbatim(format!("<{} bytes of PEM>", pem.len())))
+            .collect();
+        f.debug_struct("ConnectParams")
+            .field("model", model)
+            .field("url", &redact_url(url))
+            .field("api_key", api_key)
+            .field("workspace", workspace)
+            .field("data_inspection", data_inspection)
+            .field("headers", &header_names)
+            .field("timeouts", timeouts)
+            .field("root_certificates", &root_sizes)
+            .field("allow_insecure_ws", allow_insecure_ws)
+            .field("max_frame_bytes", max_frame_bytes)
+            .field("send_queue_frames", send_queue_frames)
+            .field("event_capacity", event_capacity)
+            .field("max_incoming_message_bytes", max_incoming_message_bytes)
+            .field("keepalive", keepalive)
+            .field("reconnect", reconnect)
+            .field("proxy", proxy)
+            .field("send_buffer_bytes", send_buffer_bytes)
+            .field("max_backlog", max_backlog)
+            .field("behind_threshold", behind_threshold)
+            .finish()
     }
 }
 
@@ -283,6 +408,24 @@ impl ConnectParams {
     /// Defaults: the Beijing endpoint and [`DEFAULT_MODEL`], key from the environment.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets [`send_buffer_bytes`](Self::send_buffer_bytes).
+    pub fn send_buffer_bytes(mut self, bytes: Option<usize>) -> Self {
+        self.send_buffer_bytes = bytes;
+        self
+    }
+
+    /// Sets [`max_backlog`](Self::max_backlog).
+    pub fn max_backlog(mut self, max: Option<Duration>) -> Self {
+        self.max_backlog = max;
+        self
+    }
+
+    /// Sets [`behind_threshold`](Self::behind_threshold).
+    pub fn behind_threshold(mut self, threshold: Duration) -> Self {
+        self.behind_threshold = threshold;
+        self
     }
 
     /// Sets the model.
@@ -799,6 +942,53 @@ mod tests {
         let msg = none.unwrap_err().to_string();
         assert!(msg.contains("DASHSCOPE_API_KEY"), "{msg}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn debug_shows_no_header_value_and_no_credentials() {
+        let secrets = [
+            "sk-secret-123",
+            "Bearer hdr-token-456",
+            "proxy-pw-789",
+            "url-pw-012",
+            "query-token-345",
+        ];
+        let p = ConnectParams::new()
+            .api_key(secrets[0])
+            .header("Authorization", secrets[1])
+            .header("X-Trace", "trace-1")
+            .url(format!(
+                "wss://me:{}@gw.example/realtime?token={}&model=m1",
+                secrets[3], secrets[4]
+            ))
+            .proxy(Proxy::Url(format!(
+                "http://corp-user:{}@proxy:3128",
+                secrets[2]
+            )));
+        for shown in [format!("{p:?}"), format!("{p:#?}")] {
+            for s in secrets {
+                assert!(!shown.contains(s), "{s} in {shown}");
+            }
+            // What is not secret is still there to debug with.
+            for s in [
+                "\"Authorization\"",
+                "X-Trace",
+                "proxy:3128",
+                "gw.example",
+                "model=m1",
+            ] {
+                assert!(shown.contains(s), "{s} missing in {shown}");
+            }
+        }
+        let proxy = Proxy::Url(format!("http://u:{}@h:1/", secrets[2]));
+        for shown in [format!("{proxy:?}"), format!("{proxy:#?}")] {
+            assert!(
+                !shown.contains(secrets[2]) && shown.contains("h:1"),
+                "{shown}"
+            );
+        }
+        assert_eq!(redact_userinfo("http://h:1/a@b"), "http://h:1/a@b");
+        assert_eq!(redact_userinfo("u:p@h:1"), "***@h:1");
     }
 
     #[test]

@@ -2,11 +2,10 @@
 //! cloneable [`AudioSender`] that feeds it, and the command queue between them and the I/O
 //! thread.
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{
     bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError,
@@ -19,6 +18,8 @@ use crate::error::{Error, Phase, Result, TryAppendError};
 use crate::event::{self, AppendAudio, Event, EventKind, Session, APPEND_OVERHEAD_BYTES};
 use crate::io_thread::IoThread;
 use crate::link::Link;
+use crate::replay::Replay;
+use crate::sys::lock;
 use crate::transport;
 use crate::wake::Wake;
 
@@ -81,8 +82,9 @@ pub(crate) struct Shared {
     pub wake_pending: AtomicBool,
     /// No more commands are taken (set by the I/O thread on its way out).
     pub closed: AtomicBool,
-    /// The caller asked to close: a reconnect in progress gives up.
-    pub close_requested: AtomicBool,
+    /// The caller asked to close: a reconnect in progress gives up, and a connection being
+    /// opened is stopped at once.
+    pub cancel: transport::Cancel,
     /// Senders between their `closed` check and the end of their send; the I/O thread waits
     /// for zero before counting what is left in the queue, so no audio is lost uncounted.
     pub senders_in_flight: AtomicUsize,
@@ -91,16 +93,59 @@ pub(crate) struct Shared {
     manual: AtomicBool,
     sample_rate: AtomicU32,
     pcm: AtomicBool,
+    /// Audio bytes appended since the last commit; only touched under `append_lock`, so a
+    /// commit takes the count and resets it in one step.
     appended_since_commit: AtomicU64,
     max_frame_bytes: usize,
+    /// `max_backlog` is set: blocking appends queue rather than wait for room in the socket.
+    sheds_backlog: bool,
+    /// Seen from outside through [`Conversation::stats`].
+    pub counters: Counters,
     /// Held while one append's frames are written and sent or queued, so two threads' audio
     /// never interleaves; it holds the memory the frames are written in.
     append_lock: Mutex<FrameArena>,
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere while holding one of these small locks leaves valid data behind.
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// The accounting behind [`Stats`]: written by the senders and the I/O thread, read by
+/// anyone.
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Audio bytes the appends took.
+    pub appended_bytes: AtomicU64,
+    /// Audio bytes of the frames in the command queue.
+    pub queued_bytes: AtomicU64,
+    /// Audio reported as `client.audio_dropped`, in ms.
+    pub dropped_ms: AtomicU64,
+    /// Audio sent again after reconnects, in ms.
+    pub replayed_ms: AtomicU64,
+    /// The backlog at the I/O thread's last look, and the largest seen, in ms.
+    pub backlog_ms: AtomicU64,
+    pub max_backlog_ms: AtomicU64,
+    pub reconnects: AtomicU32,
+    /// When the first audio was appended: the start of the real-time clock that tells a
+    /// live source falling behind from a file sent faster than real time.
+    pub first_append: OnceLock<Instant>,
+}
+
+/// The conversation's audio accounting, as of the moment it is read. Everything appended
+/// ends as transcribed, or in `dropped_ms` (each drop also raised as
+/// `client.audio_dropped`); until then it is in the backlog or waiting for its result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Audio handed to the appends, in ms.
+    pub appended_ms: u64,
+    /// Audio reported lost (`client.audio_dropped`), in ms, the capture's included.
+    pub dropped_ms: u64,
+    /// Audio sent a second time after reconnects, in ms.
+    pub replayed_ms: u64,
+    /// Audio handed over that has not yet left the device (queued, in the socket's buffers
+    /// or the kernel's send queue), in ms, as of the I/O thread's last look.
+    pub backlog_ms: u64,
+    /// The largest `backlog_ms` seen.
+    pub max_backlog_ms: u64,
+    /// Connections replaced after the link died.
+    pub reconnects: u32,
 }
 
 impl Shared {
@@ -124,9 +169,18 @@ impl Shared {
         lock(&self.session_id).clone()
     }
 
-    /// Bytes of PCM per millisecond at the session's rate.
-    pub(crate) fn bytes_per_ms(&self) -> u64 {
-        u64::from(self.sample_rate.load(Ordering::Relaxed)) * 2 / 1000
+    /// How the replay window counts a frame of `bytes` of audio. Opus's duration cannot be
+    /// known from its size; until it is, Opus bytes count as PCM bytes would, which keeps the
+    /// window's memory bounded, and Opus frames are replayed whole.
+    pub(crate) fn frame_audio(&self, bytes: u64) -> crate::replay::FrameAudio {
+        let sample_rate = self.sample_rate.load(Ordering::Relaxed);
+        if self.pcm.load(Ordering::Relaxed) {
+            crate::replay::FrameAudio::Pcm { bytes, sample_rate }
+        } else {
+            crate::replay::FrameAudio::Coded {
+                duration_us: bytes.saturating_mul(500_000) / u64::from(sample_rate.max(1)),
+            }
+        }
     }
 
     /// Milliseconds of PCM audio in `bytes` at the session's rate (0 for Opus, whose duration
@@ -136,6 +190,30 @@ impl Shared {
             return 0;
         }
         bytes * 1000 / (2 * u64::from(self.sample_rate.load(Ordering::Relaxed)))
+    }
+
+    /// Counts an `AudioDropped` report in the stats.
+    pub(crate) fn count_dropped(&self, ms: u64) {
+        self.counters.dropped_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    /// A frame left the queue (sent, dropped or counted as lost).
+    pub(crate) fn dequeued(&self, audio_bytes: u64) {
+        self.counters
+            .queued_bytes
+            .fetch_sub(audio_bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let c = &self.counters;
+        Stats {
+            appended_ms: self.bytes_to_ms(c.appended_bytes.load(Ordering::Relaxed)),
+            dropped_ms: c.dropped_ms.load(Ordering::Relaxed),
+            replayed_ms: c.replayed_ms.load(Ordering::Relaxed),
+            backlog_ms: c.backlog_ms.load(Ordering::Relaxed),
+            max_backlog_ms: c.max_backlog_ms.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+        }
     }
 
     /// Runs `send` unless the conversation is closed, tracking it as in flight (see
@@ -160,9 +238,47 @@ impl Shared {
         }
     }
 
+    /// Queues a command behind every append already under way. Every sender but `close`
+    /// holds `append_lock` while it queues, so a non-blocking append that found room for its
+    /// frames still has it when it pushes them: only the I/O thread takes from the queue.
     fn enqueue(&self, cmd: Command) -> Result<()> {
+        let _order = lock(&self.append_lock);
+        self.enqueue_unordered(cmd)
+    }
+
+    /// Queues without `append_lock`: for `close`, which must not wait behind a blocking
+    /// append that waits for a dead link.
+    fn enqueue_unordered(&self, cmd: Command) -> Result<()> {
         self.guarded(|tx| tx.send(cmd).map_err(|_| Error::Closed))?;
         self.wake();
+        Ok(())
+    }
+
+    /// Queues a client event without waiting: `Full` if the queue, or the append lock, is
+    /// busy.
+    fn try_enqueue(&self, cmd: Command) -> Result<(), TryAppendError> {
+        let _order = try_lock(&self.append_lock).ok_or(TryAppendError::Full)?;
+        self.guarded(|tx| {
+            tx.try_send(cmd).map_err(|e| match e {
+                TrySendError::Full(_) => TryAppendError::Full,
+                TrySendError::Disconnected(_) => TryAppendError::Other(Error::Closed),
+            })
+        })?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Takes the count of audio appended since the last commit and resets it, in one step
+    /// under `append_lock`, so no append can land between the two; then queues the commit.
+    fn commit(&self) -> Result<()> {
+        let _order = lock(&self.append_lock);
+        if self.appended_since_commit.load(Ordering::SeqCst) == 0 {
+            return Err(Error::EmptyCommit);
+        }
+        self.enqueue_unordered(Command::Commit {
+            text: event::commit_json().0,
+        })?;
+        self.appended_since_commit.store(0, Ordering::SeqCst);
         Ok(())
     }
 
@@ -189,10 +305,12 @@ impl Shared {
             return Ok(());
         }
         let pieces = bytes.chunks(self.max_pcm_bytes_per_frame());
-        self.queue_frames(pieces.len(), blocking, pieces.map(AppendAudio::Pcm))?;
-        self.appended_since_commit
-            .fetch_add(bytes.len() as u64, Ordering::SeqCst);
-        Ok(())
+        self.queue_frames(
+            pieces.len(),
+            bytes.len() as u64,
+            blocking,
+            pieces.map(AppendAudio::Pcm),
+        )
     }
 
     fn append_base64(&self, b64: &str, blocking: bool) -> Result<(), TryAppendError> {
@@ -208,10 +326,7 @@ impl Shared {
             // Checked as ASCII base64 above, so any split is valid UTF-8.
             AppendAudio::Base64(std::str::from_utf8(p).unwrap_or_default())
         });
-        self.queue_frames(pieces.len(), blocking, pieces)?;
-        self.appended_since_commit
-            .fetch_add(decoded as u64, Ordering::SeqCst);
-        Ok(())
+        self.queue_frames(pieces.len(), decoded as u64, blocking, pieces)
     }
 
     /// Sends one append's frames, written as they go: a single frame straight onto the socket
@@ -219,6 +334,7 @@ impl Shared {
     fn queue_frames<'a>(
         &self,
         count: usize,
+        total_audio_bytes: u64,
         blocking: bool,
         pieces: impl Iterator<Item = AppendAudio<'a>>,
     ) -> Result<(), TryAppendError> {
@@ -250,18 +366,38 @@ impl Shared {
             }
             for (text, audio_bytes) in first.into_iter().chain(frames) {
                 let cmd = Command::Frame { text, audio_bytes };
+                // Counted before the push: the I/O thread may take the frame at once.
+                let queued_bytes = &self.counters.queued_bytes;
+                queued_bytes.fetch_add(audio_bytes, Ordering::Relaxed);
                 let sent = if blocking {
-                    tx.send(cmd).map_err(|_| Error::Closed)
+                    tx.send(cmd)
+                        .map_err(|_| TryAppendError::Other(Error::Closed))
                 } else {
+                    // Under `append_lock` only the I/O thread takes from the queue, and only
+                    // `close` can take the room checked above (the conversation is ending:
+                    // whatever was pushed is reported as dropped with the rest).
                     tx.try_send(cmd).map_err(|e| match e {
-                        TrySendError::Full(_) => Error::Internal("queue shrank".into()),
-                        TrySendError::Disconnected(_) => Error::Closed,
+                        TrySendError::Full(_) => TryAppendError::Full,
+                        TrySendError::Disconnected(_) => TryAppendError::Other(Error::Closed),
                     })
                 };
-                sent?;
+                if let Err(e) = sent {
+                    queued_bytes.fetch_sub(audio_bytes, Ordering::Relaxed);
+                    return Err(e);
+                }
             }
             Ok(true)
         })?;
+        // Still under `append_lock`: a commit sees this append whole or not at all.
+        self.appended_since_commit
+            .fetch_add(total_audio_bytes, Ordering::SeqCst);
+        self.counters
+            .appended_bytes
+            .fetch_add(total_audio_bytes, Ordering::Relaxed);
+        if self.counters.first_append.get().is_none() {
+            let _ = self.counters.first_append.set(Instant::now());
+        }
+        drop(arena);
         if queued {
             self.wake();
         }
@@ -295,7 +431,9 @@ impl Shared {
             if link.write_blocked && !link.flush() {
                 // Still full right after poll said there was room: the write wants something
                 // else (a TLS read, say), which only the I/O thread can do.
-                if !blocking || !link.write_blocked || waited {
+                // With a backlog bound, queue instead: the I/O thread sheds the oldest queued
+                // audio when the link falls too far behind, and a live source must not wait.
+                if !blocking || !link.write_blocked || waited || self.sheds_backlog {
                     return Err(text);
                 }
                 // Waiting here rather than in the queue keeps the sending on this thread:
@@ -303,24 +441,25 @@ impl Shared {
                 // wake-up each time the queue had room again. The I/O thread does not wait
                 // for room meanwhile (`room_waiters`), so one of us wakes, not both.
                 link.room_waiters += 1;
-                let fd = link.fd;
+                // Our own handle on the socket: a reconnect may replace the link's meanwhile,
+                // and a bare descriptor number could by then name another file.
+                let socket = link.poll_handle();
                 drop(link);
-                waited = crate::link::wait_writable(fd, ROOM_WAIT);
+                waited = crate::link::wait_writable(&socket, ROOM_WAIT);
                 lock(&shared_link).room_waiters -= 1;
                 continue;
             }
             if link
-                .write_audio(text.clone(), audio_bytes, self.bytes_per_ms())
+                .write_audio(text, self.frame_audio(audio_bytes))
                 .is_err()
             {
-                // The connection failed. The I/O thread finds out on its next read; a frame
-                // the replay window keeps is sent again after a reconnect, any other takes
-                // the queue, so that it is sent after a reconnect or reported as dropped.
+                // The connection failed; the I/O thread finds out on its next read. The
+                // frame is in the replay accounting already: it is sent again after a
+                // reconnect, or reported as sent without a result when the conversation ends.
                 link.open = false;
-                let kept = link.replay.is_some();
                 drop(link);
                 self.wake();
-                return if kept { Ok(()) } else { Err(text) };
+                return Ok(());
             }
             if !link.flush() {
                 // The socket is full: the I/O thread waits for room and writes the rest,
@@ -421,15 +560,8 @@ impl AudioSender {
     /// was taken. A capture thread reports a loss exactly when the queue is full, so it must
     /// not wait for room.
     pub fn try_notify(&self, kind: EventKind) -> Result<(), TryAppendError> {
-        self.shared.guarded(|tx| {
-            tx.try_send(Command::Notify(Event::client(kind)))
-                .map_err(|e| match e {
-                    TrySendError::Full(_) => TryAppendError::Full,
-                    TrySendError::Disconnected(_) => TryAppendError::Other(Error::Closed),
-                })
-        })?;
-        self.shared.wake();
-        Ok(())
+        self.shared
+            .try_enqueue(Command::Notify(Event::client(kind)))
     }
 
     /// The session's sample rate (16000 or 8000), as last configured.
@@ -504,20 +636,19 @@ impl Conversation {
             Some(k) => k.clone(),
             None => ApiKey::from_env()?,
         };
-        let opened = transport::open(&params, &key)?;
+        let opened = transport::open(&params, &key, None)?;
         let wake = Wake::new()
             .map(Arc::new)
             .map_err(|e| Error::Internal(format!("wake-up handle: {e}")))?;
         let (cmd_tx, cmd_rx) = bounded(params.send_queue_frames);
         // Closed to senders (`open` false) until the I/O thread has set up its replay window.
-        let link = Arc::new(Mutex::new(Link {
-            fd: opened.tcp.as_raw_fd(),
-            room_waiters: 0,
-            socket: opened.socket,
-            replay: None,
-            open: false,
-            write_blocked: false,
-        }));
+        let tcp = Arc::new(opened.tcp);
+        let link = Arc::new(Mutex::new(Link::new(
+            opened.socket,
+            Arc::clone(&tcp),
+            // Sized by the I/O thread, which knows the session's rate when it starts.
+            Replay::new(0),
+        )));
         let (ev_tx, ev_rx) = unbounded();
         let defaults = SessionConfig::default();
         let shared = Arc::new(Shared {
@@ -526,7 +657,7 @@ impl Conversation {
             wake: Arc::clone(&wake),
             wake_pending: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            close_requested: AtomicBool::new(false),
+            cancel: transport::Cancel::new(Arc::clone(&wake)),
             senders_in_flight: AtomicUsize::new(0),
             session_id: Mutex::new(None),
             peer_close: Mutex::new(None),
@@ -535,6 +666,8 @@ impl Conversation {
             pcm: AtomicBool::new(true),
             appended_since_commit: AtomicU64::new(0),
             max_frame_bytes: params.max_frame_bytes,
+            sheds_backlog: params.max_backlog.is_some(),
+            counters: Counters::default(),
             append_lock: Mutex::new(FrameArena::new()),
         });
         if let EventKind::SessionCreated(s) = &opened.created.kind {
@@ -546,7 +679,7 @@ impl Conversation {
         let _ = ev_tx.send(opened.created);
         let io = IoThread {
             link,
-            tcp: opened.tcp,
+            tcp,
             wake,
             commands: cmd_rx,
             events: ev_tx,
@@ -672,14 +805,7 @@ impl Conversation {
         if !self.shared.manual.load(Ordering::SeqCst) {
             return Err(Error::CommitInVadMode);
         }
-        if self.shared.appended_since_commit.load(Ordering::SeqCst) == 0 {
-            return Err(Error::EmptyCommit);
-        }
-        self.shared.enqueue(Command::Commit {
-            text: event::commit_json().0,
-        })?;
-        self.shared.appended_since_commit.store(0, Ordering::SeqCst);
-        Ok(())
+        self.shared.commit()
     }
 
     /// Sends `session.finish` and waits for `session.finished`; every event before it has been
@@ -730,9 +856,11 @@ impl Conversation {
     }
 
     fn close_with(&self, code: u16, reason: String) {
-        self.shared.close_requested.store(true, Ordering::SeqCst);
+        self.shared.cancel.cancel();
         // Fails only if the I/O thread is already on its way out.
-        let _ = self.shared.enqueue(Command::Close { code, reason });
+        let _ = self
+            .shared
+            .enqueue_unordered(Command::Close { code, reason });
         if let Some(handle) = lock(&self.io).take() {
             if handle.join().is_err() {
                 log::error!("the I/O thread panicked");
@@ -743,6 +871,12 @@ impl Conversation {
     /// True once the connection is closed (by either side).
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// The audio accounting so far: appended, dropped, replayed, and how far the link is
+    /// behind. Cheap: a few atomic loads.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
     }
 
     /// The session id from `session.created` (`sess_…`).

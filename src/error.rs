@@ -82,6 +82,18 @@ pub enum Error {
         /// The response body, if any (lossy UTF-8).
         body: String,
     },
+    /// The HTTP proxy refused the tunnel for want of valid credentials (HTTP 407). The API key
+    /// was not sent yet: the user and password of the proxy URL (`Proxy::Url`, or
+    /// `HTTPS_PROXY` and its kin) are at fault, not the key.
+    ProxyAuthentication {
+        /// The proxy, `host:port`.
+        proxy: String,
+        /// Whether credentials were sent (a proxy URL with `user:password@`).
+        credentials_sent: bool,
+        /// The proxy's status line and `Proxy-Authenticate` challenges, as it sent them
+        /// (lossy UTF-8): which schemes it accepts. Only Basic is sent.
+        response: String,
+    },
     /// The WebSocket handshake failed for another reason (other HTTP status, protocol error).
     Handshake(String),
     /// The server answered with a session for a different model than the one asked for. The
@@ -156,6 +168,25 @@ impl fmt::Display for Error {
                 if body.is_empty() { "" } else { ": " },
                 body
             ),
+            Error::ProxyAuthentication {
+                proxy,
+                credentials_sent,
+                response,
+            } => {
+                if *credentials_sent {
+                    write!(
+                        f,
+                        "the proxy {proxy} refused its credentials: check the user and password \
+                         in the proxy URL"
+                    )?;
+                } else {
+                    write!(
+                        f,
+                        "the proxy {proxy} wants credentials: put user:password@ in the proxy URL"
+                    )?;
+                }
+                write!(f, " (the proxy answered: {response})")
+            }
             Error::Handshake(m) => write!(f, "WebSocket handshake failed: {m}"),
             Error::ModelMismatch { requested, served } => write!(
                 f,

@@ -122,6 +122,27 @@ pub enum EventKind {
         new_session_id: Option<String>,
         /// Audio sent again, in milliseconds.
         replayed_ms: u64,
+        /// The close code with which the previous connection ended (1006 when it ended
+        /// without a close frame: a reset, a dead peer, a failed write).
+        code: u16,
+        /// Why the previous connection ended: the peer's close reason or the error.
+        reason: String,
+    },
+    /// `client.link_behind`: the link carries the audio away slower than real time. Raised
+    /// when the audio that is late (handed over, not yet left this device — queued, in the
+    /// socket's buffers or the kernel's send queue — and older than the real-time pace of
+    /// the stream) first passes
+    /// [`ConnectParams::behind_threshold`](crate::ConnectParams::behind_threshold), then
+    /// each time it doubles. A file sent faster than real time is never behind.
+    LinkBehind {
+        /// How far behind real time the link is, in milliseconds of audio.
+        behind_ms: u64,
+    },
+    /// `client.link_caught_up`: after a [`EventKind::LinkBehind`], the link fell back to
+    /// less than a quarter of the threshold behind.
+    LinkCaughtUp {
+        /// The largest backlog seen while behind, in milliseconds.
+        max_behind_ms: u64,
     },
     /// `client.reconnect_failed`: the link died and could not be restored; `client.closed`
     /// follows.
@@ -369,6 +390,8 @@ impl Event {
             EventKind::CaptureOverrun { .. } => "client.capture_overrun",
             EventKind::CaptureError { .. } => "client.capture_error",
             EventKind::Reconnected { .. } => "client.reconnected",
+            EventKind::LinkBehind { .. } => "client.link_behind",
+            EventKind::LinkCaughtUp { .. } => "client.link_caught_up",
             EventKind::ReconnectFailed { .. } => "client.reconnect_failed",
         }
     }
@@ -414,11 +437,21 @@ impl Event {
                 old_session_id,
                 new_session_id,
                 replayed_ms,
+                code,
+                reason,
             } => {
                 o.insert("attempt".into(), (*attempt).into());
                 o.insert("old_session_id".into(), old_session_id.clone().into());
                 o.insert("new_session_id".into(), new_session_id.clone().into());
                 o.insert("replayed_ms".into(), (*replayed_ms).into());
+                o.insert("code".into(), (*code).into());
+                o.insert("reason".into(), reason.as_str().into());
+            }
+            EventKind::LinkBehind { behind_ms } => {
+                o.insert("behind_ms".into(), (*behind_ms).into());
+            }
+            EventKind::LinkCaughtUp { max_behind_ms } => {
+                o.insert("max_behind_ms".into(), (*max_behind_ms).into());
             }
             EventKind::ReconnectFailed { attempts, error } => {
                 o.insert("attempts".into(), (*attempts).into());

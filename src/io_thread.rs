@@ -19,11 +19,12 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::config::{ApiKey, ConnectParams};
-use crate::conversation::{lock, Command, Reply, Shared};
+use crate::conversation::{Command, Reply, Shared};
 use crate::error::Error;
 use crate::event::{self, Event, EventKind, Session};
 use crate::link::Link;
 use crate::replay::Replay;
+use crate::sys::lock;
 use crate::transport::{self, Opened, Socket};
 use crate::wake::Wake;
 
@@ -40,7 +41,7 @@ const RETRYABLE_CLOSE_CODES: [u16; 6] = [1001, 1006, 1011, 1012, 1013, 1014];
 pub(crate) struct IoThread {
     /// The socket, shared with senders that write their own frames (see `link`).
     pub link: Arc<Mutex<Link>>,
-    pub tcp: TcpStream,
+    pub tcp: Arc<TcpStream>,
     pub wake: Arc<Wake>,
     pub commands: Receiver<Command>,
     pub events: Sender<Event>,
@@ -79,6 +80,8 @@ struct EventOut {
     tx: Sender<Event>,
     capacity: usize,
     held: Option<Event>,
+    /// Where every `AudioDropped` that passes is counted.
+    shared: Arc<Shared>,
 }
 
 fn item_of(e: &Event) -> Option<&str> {
@@ -92,6 +95,19 @@ fn item_of(e: &Event) -> Option<&str> {
 
 impl EventOut {
     fn push(&mut self, event: Event) {
+        if let EventKind::AudioDropped { ms, .. } = &event.kind {
+            self.shared.count_dropped(*ms);
+        }
+        // The link's state says nothing about the transcript: it passes a held partial
+        // rather than release it, or a sender that keeps the link busy would undo the
+        // coalescing.
+        if matches!(
+            event.kind,
+            EventKind::LinkBehind { .. } | EventKind::LinkCaughtUp { .. }
+        ) {
+            let _ = self.tx.send(event);
+            return;
+        }
         if matches!(event.kind, EventKind::Partial(_)) && self.tx.len() >= self.capacity {
             if let Some(old) = self.held.take() {
                 if item_of(&old) != item_of(&event) {
@@ -133,12 +149,16 @@ impl EventOut {
 struct State {
     out: EventOut,
     waiters: Waiters,
-    /// Audio whose write failed with the connection and that no replay window keeps.
-    unsent_bytes: u64,
     /// The last `session.update` sent, to configure a new session the same way.
     last_update: Option<Utf8Bytes>,
     /// `session.finish` was sent and `session.finished` has not come.
     finish_sent: bool,
+    /// A command taken from the queue to get at the frames behind it that must go first
+    /// (see `shed_backlog`); sent before anything else still queued.
+    held_cmd: Option<Command>,
+    /// The backlog passed `behind_threshold`: the level of the next `client.link_behind`
+    /// report, and the largest backlog seen meanwhile.
+    behind: Option<(u64, u64)>,
 }
 
 /// How a connection ended.
@@ -158,6 +178,10 @@ enum Flow {
     Ended(LinkEnd),
 }
 
+/// How often the backlog is looked at again while the link is behind: the kernel drains its
+/// queue without waking us.
+const BEHIND_RECHECK: Duration = Duration::from_millis(250);
+
 fn lost(code: u16, reason: String) -> LinkEnd {
     LinkEnd::Lost {
         retryable: RETRYABLE_CLOSE_CODES.contains(&code),
@@ -172,6 +196,7 @@ fn is_retryable(e: &Error) -> bool {
     !matches!(
         e,
         Error::Authentication { .. }
+            | Error::ProxyAuthentication { .. }
             | Error::ModelMismatch { .. }
             | Error::InvalidUrl { .. }
             | Error::InvalidConfig { .. }
@@ -189,41 +214,75 @@ fn jittered(d: Duration, jitter: f64) -> Duration {
 }
 
 impl IoThread {
+    /// Runs the conversation to its end. Whatever way it ends, a panic included, the audio
+    /// without a result is reported and `client.closed` is the last event.
     pub fn run(mut self) {
-        lock(&self.link).replay = self.params.reconnect.map(|p| {
-            let bpm = self.shared.bytes_per_ms();
-            Replay::new(p.replay_window.as_millis() as u64 * bpm, bpm)
-        });
         let mut st = State {
             out: EventOut {
                 tx: self.events.clone(),
                 capacity: self.params.event_capacity,
                 held: None,
+                shared: Arc::clone(&self.shared),
             },
             waiters: Waiters::default(),
-            unsent_bytes: 0,
             last_update: None,
             finish_sent: false,
+            held_cmd: None,
+            behind: None,
         };
-        let (code, reason) = loop {
-            match self.serve(&mut st) {
-                LinkEnd::Closed(code, reason) => break (code, reason),
+        let served =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve_all(&mut st)));
+        let (code, reason) = served.unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            log::error!("the I/O thread panicked: {what}");
+            (
+                1011,
+                format!("internal error: the I/O thread panicked: {what}"),
+            )
+        });
+        self.finish(&mut st, code, reason);
+    }
+
+    /// Serves connections, replacing lost ones if asked to, until the conversation ends;
+    /// returns how.
+    fn serve_all(&mut self, st: &mut State) -> (u16, String) {
+        // Without reconnecting the window keeps no frames, only the accounting.
+        let window_ms = self.params.reconnect.map_or(0, |p| {
+            u64::try_from(p.replay_window.as_millis()).unwrap_or(u64::MAX)
+        });
+        lock(&self.link).replay = Replay::new(window_ms);
+        loop {
+            match self.serve(st) {
+                LinkEnd::Closed(code, reason) => return (code, reason),
                 LinkEnd::Lost {
                     code,
                     reason,
                     retryable,
                 } => {
                     if !retryable || self.params.reconnect.is_none() {
-                        break (code, reason);
+                        return (code, reason);
                     }
-                    if let Some(end) = self.reconnect(&mut st, code, &reason) {
-                        break end;
+                    if let Some(end) = self.reconnect(st, code, &reason) {
+                        return end;
                     }
                 }
             }
-        };
+        }
+    }
+
+    /// The end of the conversation: waiters answered, the audio that will never have a
+    /// result reported, then `client.closed`.
+    fn finish(&mut self, st: &mut State, code: u16, reason: String) {
         st.waiters.fail_all(code, &reason);
-        let queued = self.shutdown_queue() + st.unsent_bytes;
+        let mut queued = self.shutdown_queue();
+        if let Some(cmd) = st.held_cmd.take() {
+            queued += cmd.audio_bytes();
+            cmd.fail();
+        }
         if queued > 0 {
             let ms = self.shared.bytes_to_ms(queued);
             log::warn!("{ms} ms of queued audio was not sent: the connection closed");
@@ -232,16 +291,22 @@ impl IoThread {
                 reason: format!("the connection closed (code {code}) before it was sent"),
             }));
         }
-        if let Some(replay) = &mut lock(&self.link).replay {
-            let lost = replay.unacked_ms() + replay.take_lost_ms();
-            if lost > 0 && !self.shared.close_requested.load(Ordering::SeqCst) {
-                st.out.push(Event::client(EventKind::AudioDropped {
-                    ms: lost,
-                    reason: "sent, but the connection failed before its result came back".into(),
-                }));
-            }
+        // Whichever way it ended, a close by the caller included: audio sent whose result
+        // never came is lost to the caller, and must be said to be.
+        let lost = {
+            let mut link = lock(&self.link);
+            link.open = false;
+            link.replay.unacked_ms() + link.replay.take_lost_ms()
+        };
+        if lost > 0 {
+            log::warn!("{lost} ms of sent audio had no result when the connection closed");
+            st.out.push(Event::client(EventKind::AudioDropped {
+                ms: lost,
+                reason: "sent, but the connection closed before its result came back".into(),
+            }));
         }
         st.out.flush();
+        self.shared.counters.backlog_ms.store(0, Ordering::Relaxed);
         log::info!("connection closed ({code} {reason})");
         st.out
             .push(Event::client(EventKind::Closed { code, reason }));
@@ -255,6 +320,7 @@ impl IoThread {
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
             while let Ok(cmd) = self.commands.try_recv() {
+                self.shared.dequeued(cmd.audio_bytes());
                 dropped += cmd.audio_bytes();
                 cmd.fail();
             }
@@ -266,6 +332,7 @@ impl IoThread {
             std::thread::yield_now();
         }
         while let Ok(cmd) = self.commands.try_recv() {
+            self.shared.dequeued(cmd.audio_bytes());
             dropped += cmd.audio_bytes();
             cmd.fail();
         }
@@ -276,6 +343,13 @@ impl IoThread {
     fn serve(&self, st: &mut State) -> LinkEnd {
         if let Err(e) = self.tcp.set_nonblocking(true) {
             return lost(1006, format!("cannot make the socket non-blocking: {e}"));
+        }
+        if let Some(bytes) = self.params.send_buffer_bytes {
+            // Not fatal: the link works, only its backlog is less bounded.
+            match crate::sys::set_send_buffer(self.tcp.as_raw_fd(), bytes) {
+                Ok(got) => log::debug!("socket send buffer: {got} bytes"),
+                Err(e) => log::warn!("cannot cap the socket's send buffer: {e}"),
+            }
         }
         let mut p = Pass {
             last_rx: Instant::now(),
@@ -361,7 +435,10 @@ impl IoThread {
             }
         }
         if p.closing.is_none() {
-            if let Some((code, reason)) = self.write_commands(link, st, p.ready.wake)? {
+            let close = self.write_commands(link, st, p.ready.wake)?;
+            self.shed_backlog(link, st);
+            self.track_backlog(link, st);
+            if let Some((code, reason)) = close {
                 link.open = false;
                 let frame = CloseFrame {
                     code: CloseCode::from(code),
@@ -380,6 +457,9 @@ impl IoThread {
         let mut at = |d: Instant| deadline = Some(deadline.map_or(d, |x| x.min(d)));
         if st.out.retry_held() {
             at(Instant::now() + HELD_PARTIAL_RETRY);
+        }
+        if st.behind.is_some() {
+            at(Instant::now() + BEHIND_RECHECK);
         }
         if let Some((code, reason, until)) = &p.closing {
             if Instant::now() >= *until {
@@ -470,10 +550,8 @@ impl IoThread {
     }
 
     /// Bookkeeping that must happen before the caller sees the event.
-    fn on_event(&self, event: &Event, st: &mut State, replay: &mut Option<Replay>) {
-        if let Some(replay) = replay {
-            replay.observe(&event.kind);
-        }
+    fn on_event(&self, event: &Event, st: &mut State, replay: &mut Replay) {
+        replay.observe(&event.kind);
         let waiters = &mut st.waiters;
         match &event.kind {
             EventKind::SessionCreated(s) => {
@@ -535,26 +613,25 @@ impl IoThread {
                     return Ok(None);
                 }
             }
-            let cmd = match self.commands.try_recv() {
-                Ok(c) => c,
-                Err(TryRecvError::Empty) => {
-                    link.flush();
-                    return Ok(None);
-                }
-                Err(TryRecvError::Disconnected) => return Ok(Some((1000, "bye".into()))),
+            let cmd = match st.held_cmd.take() {
+                Some(c) => c,
+                None => match self.commands.try_recv() {
+                    Ok(c) => c,
+                    Err(TryRecvError::Empty) => {
+                        link.flush();
+                        return Ok(None);
+                    }
+                    Err(TryRecvError::Disconnected) => return Ok(Some((1000, "bye".into()))),
+                },
             };
             let written = match cmd {
                 Command::Frame { text, audio_bytes } => {
-                    let r = link.write_audio(text, audio_bytes, self.shared.bytes_per_ms());
-                    if r.is_err() && link.replay.is_none() {
-                        st.unsent_bytes += audio_bytes;
-                    }
-                    r
+                    self.shared.dequeued(audio_bytes);
+                    // A failed write is in the replay accounting: replayed or reported.
+                    link.write_audio(text, self.shared.frame_audio(audio_bytes))
                 }
                 Command::Commit { text } => {
-                    if let Some(replay) = &mut link.replay {
-                        replay.commit();
-                    }
+                    link.replay.commit();
                     link.write(Message::Text(text.into()))
                 }
                 Command::Update {
@@ -574,6 +651,7 @@ impl IoThread {
                 } => {
                     st.waiters.finish = reply.map(|r| (event_id, r));
                     st.finish_sent = true;
+                    link.replay.finish();
                     link.write(Message::Text(text.into()))
                 }
                 Command::Notify(event) => {
@@ -586,6 +664,93 @@ impl IoThread {
                 let (code, reason) = self.shared.peer_close().unwrap_or((1006, e.to_string()));
                 return Err(lost(code, reason));
             }
+        }
+    }
+
+    /// With `max_backlog` set and the link behind by more than it, drops the oldest queued
+    /// frames (they were never sent, so the replay window and the server's offsets know
+    /// nothing of them) and reports them, so that a live source never waits for the link.
+    fn shed_backlog(&self, link: &Link, st: &mut State) {
+        let Some(max) = self.params.max_backlog else {
+            return;
+        };
+        let max_ms = max.as_millis() as u64;
+        let mut behind = self.backlog_ms(link);
+        let mut dropped = 0u64;
+        while behind > max_ms && st.held_cmd.is_none() {
+            match self.commands.try_recv() {
+                Ok(Command::Frame { audio_bytes, .. }) => {
+                    self.shared.dequeued(audio_bytes);
+                    dropped += audio_bytes;
+                    behind = behind.saturating_sub(self.shared.bytes_to_ms(audio_bytes));
+                }
+                // Anything else keeps its place at the head of the queue.
+                Ok(other) => st.held_cmd = Some(other),
+                Err(_) => break,
+            }
+        }
+        if dropped > 0 {
+            let ms = self.shared.bytes_to_ms(dropped);
+            log::warn!("the link is {behind} ms behind; dropped the oldest {ms} ms queued");
+            st.out.push(Event::client(EventKind::AudioDropped {
+                ms,
+                reason: format!(
+                    "the link fell more than {max_ms} ms behind (max_backlog); the oldest \
+                     queued audio was dropped"
+                ),
+            }));
+        }
+    }
+
+    /// Audio handed over that has not left the device, in ms: queued, and in the kernel's
+    /// send queue.
+    fn backlog_ms(&self, link: &Link) -> u64 {
+        let queued = self.shared.counters.queued_bytes.load(Ordering::Relaxed);
+        self.shared.bytes_to_ms(queued) + link.unsent_ms()
+    }
+
+    /// Publishes the backlog in the stats and raises `client.link_behind` /
+    /// `client.link_caught_up` as the link falls behind real time and catches up.
+    fn track_backlog(&self, link: &Link, st: &mut State) {
+        let backlog = self.backlog_ms(link);
+        let c = &self.shared.counters;
+        c.backlog_ms.store(backlog, Ordering::Relaxed);
+        c.max_backlog_ms.fetch_max(backlog, Ordering::Relaxed);
+        // Behind real time is the backlog, but only as far as the wall clock has passed the
+        // audio that did leave: a file sent faster than real time always has a backlog
+        // while the link is busy, and is not late for anything.
+        let elapsed_ms = c
+            .first_append
+            .get()
+            .map_or(0, |t| t.elapsed().as_millis() as u64);
+        let appended_ms = self
+            .shared
+            .bytes_to_ms(c.appended_bytes.load(Ordering::Relaxed));
+        let left_ms = appended_ms.saturating_sub(backlog);
+        let behind = backlog.min(elapsed_ms.saturating_sub(left_ms));
+        let threshold = (self.params.behind_threshold.as_millis() as u64).max(1);
+        match &mut st.behind {
+            None if behind >= threshold => {
+                log::warn!("the link is {behind} ms behind the audio");
+                st.out
+                    .push(Event::client(EventKind::LinkBehind { behind_ms: behind }));
+                st.behind = Some((behind.saturating_mul(2), behind));
+            }
+            Some((next, max)) => {
+                *max = (*max).max(behind);
+                if behind >= *next {
+                    st.out
+                        .push(Event::client(EventKind::LinkBehind { behind_ms: behind }));
+                    *next = behind.saturating_mul(2);
+                } else if behind < threshold / 4 {
+                    let max_behind_ms = *max;
+                    log::info!("the link caught up (it was up to {max_behind_ms} ms behind)");
+                    st.out
+                        .push(Event::client(EventKind::LinkCaughtUp { max_behind_ms }));
+                    st.behind = None;
+                }
+            }
+            None => {}
         }
     }
 
@@ -603,9 +768,12 @@ impl IoThread {
     /// arrives, or the timeout passes.
     fn wait(&self, want_write: bool, want_commands: bool, timeout: Option<Duration>) -> Ready {
         let socket = Some((self.tcp.as_raw_fd(), want_write));
+        // While the socket is full, new commands cannot be written, so they need not wake
+        // us; unless the backlog is bounded, when each one may be the frame to shed for.
+        let sheds = self.params.max_backlog.is_some();
         poll(
             socket,
-            (want_commands && !want_write).then_some(self.wake.fd()),
+            (want_commands && (!want_write || sheds)).then_some(self.wake.fd()),
             timeout,
         )
     }
@@ -621,8 +789,8 @@ impl IoThread {
             if self.sleep_unless_closed(jittered(policy.backoff(attempt), policy.jitter)) {
                 return Some((code, reason.to_owned()));
             }
-            let result =
-                transport::open(&self.params, &self.key).and_then(|opened| self.resume(st, opened));
+            let result = transport::open(&self.params, &self.key, Some(&self.shared.cancel))
+                .and_then(|opened| self.resume(st, opened));
             match result {
                 Ok(replayed_ms) => {
                     let new_session_id = self.shared.session_id();
@@ -636,9 +804,14 @@ impl IoThread {
                         old_session_id,
                         new_session_id,
                         replayed_ms,
+                        code,
+                        reason: reason.to_owned(),
                     }));
-                    let lost_ms = lock(&self.link).replay.as_mut().map(Replay::take_lost_ms);
-                    if let Some(lost_ms) = lost_ms.filter(|&m| m > 0) {
+                    let c = &self.shared.counters;
+                    c.reconnects.fetch_add(1, Ordering::Relaxed);
+                    c.replayed_ms.fetch_add(replayed_ms, Ordering::Relaxed);
+                    let lost_ms = lock(&self.link).replay.take_lost_ms();
+                    if lost_ms > 0 {
                         st.out.push(Event::client(EventKind::AudioDropped {
                             ms: lost_ms,
                             reason: format!(
@@ -677,7 +850,7 @@ impl IoThread {
     fn sleep_unless_closed(&self, d: Duration) -> bool {
         let deadline = Instant::now() + d;
         loop {
-            if self.shared.close_requested.load(Ordering::SeqCst) {
+            if self.shared.cancel.is_requested() {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -747,10 +920,7 @@ impl IoThread {
                 }
             }
         }
-        let (frames, replayed_ms) = match &mut link.replay {
-            Some(r) => r.start_session(),
-            None => (Vec::new(), 0),
-        };
+        let (frames, replayed_ms) = link.replay.start_session();
         for frame in frames {
             let text = frame.unwrap_or_else(|| event::commit_json().0.into());
             socket.write(Message::Text(text)).map_err(ws_error)?;
@@ -767,8 +937,8 @@ impl IoThread {
             .map_err(io(crate::Phase::Handshake))?;
         tcp.set_write_timeout(None)
             .map_err(io(crate::Phase::Handshake))?;
-        link.socket = socket;
-        link.fd = tcp.as_raw_fd();
+        let tcp = Arc::new(tcp);
+        link.replace_socket(socket, Arc::clone(&tcp));
         drop(link);
         self.tcp = tcp;
         Ok(replayed_ms)

@@ -13,6 +13,7 @@ mod io_thread;
 mod link;
 mod proxy;
 mod replay;
+mod sys;
 #[cfg(feature = "native-tls")]
 mod tls;
 pub mod transport;
@@ -24,6 +25,13 @@ pub mod wav;
 pub mod capture;
 pub mod resample;
 
+/// Crate-private parts that the fuzz targets drive: not a public API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::replay::{Accounting, FrameAudio, Replay};
+}
+
 pub use callback::{Callback, CallbackThread};
 #[cfg(feature = "alsa")]
 #[cfg_attr(docsrs, doc(cfg(feature = "alsa")))]
@@ -32,7 +40,7 @@ pub use config::{
     ApiKey, AudioFormat, ConnectParams, Keepalive, Proxy, ReconnectPolicy, SessionConfig, Timeouts,
     TurnDetection,
 };
-pub use conversation::{AudioSender, Conversation};
+pub use conversation::{AudioSender, Conversation, Stats};
 pub use error::{Error, Phase, Result, TryAppendError};
 
 // The README's code blocks are compiled as doc tests, so they cannot rot.

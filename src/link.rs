@@ -10,45 +10,88 @@
 //! the queue as before, so order is kept and the bounded queue stays the backpressure.
 
 use std::io::ErrorKind;
-use std::os::fd::RawFd;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tungstenite::{Message, Utf8Bytes};
 
-use crate::replay::Replay;
+use crate::replay::{FrameAudio, Replay};
 use crate::transport::Socket;
 
 pub(crate) struct Link {
     pub socket: Socket,
-    /// The socket's descriptor, to wait for room in it.
-    pub fd: RawFd,
+    /// A second handle on the socket, to wait for room in it and to ask the kernel what it
+    /// still holds. Shared, so that a sender waiting on it keeps it open across a reconnect.
+    tcp: Arc<TcpStream>,
     /// Senders waiting for room in the socket themselves (see `Shared::write_direct`); while
     /// there are any, the I/O thread leaves that wait to them.
     pub room_waiters: usize,
-    /// Sent audio without a result yet; only kept when reconnecting is on.
-    pub replay: Option<Replay>,
+    /// Sent audio without a result yet: its frames when reconnecting is on (to send them
+    /// again), and its accounting always (to report what never got a result).
+    pub replay: Replay,
     /// Senders may write here themselves: the I/O thread is serving this connection and has
     /// not started closing it. Cleared when the connection ends or a direct write fails.
     pub open: bool,
     /// Part of tungstenite's write buffer is still waiting for room in the socket.
     pub write_blocked: bool,
+    /// Wire bytes per ms of audio in the last append frame (0 before the first).
+    wire_bytes_per_ms: u64,
 }
 
 impl Link {
+    /// A link closed to senders until the I/O thread has set it up.
+    pub fn new(socket: Socket, tcp: Arc<TcpStream>, replay: Replay) -> Link {
+        Link {
+            socket,
+            tcp,
+            room_waiters: 0,
+            replay,
+            open: false,
+            write_blocked: false,
+            wire_bytes_per_ms: 0,
+        }
+    }
+
+    /// Takes over a new connection.
+    pub fn replace_socket(&mut self, socket: Socket, tcp: Arc<TcpStream>) {
+        self.socket = socket;
+        self.tcp = tcp;
+    }
+
+    /// A handle that keeps the socket open for a wait outside the lock.
+    pub fn poll_handle(&self) -> Arc<TcpStream> {
+        Arc::clone(&self.tcp)
+    }
+
     /// Puts an append frame into tungstenite's buffer (it writes it out once the buffer is
-    /// full) after adding it to the replay window, so that a frame lost with the connection is
-    /// sent again on the next one. An error means the connection failed.
+    /// full) after adding it to the replay accounting, so that a frame lost with the
+    /// connection is sent again on the next one, or reported. An error means the connection
+    /// failed.
     pub fn write_audio(
         &mut self,
         text: Utf8Bytes,
-        audio_bytes: u64,
-        bytes_per_ms: u64,
+        audio: FrameAudio,
     ) -> Result<(), tungstenite::Error> {
-        if let Some(replay) = &mut self.replay {
-            replay.set_bytes_per_ms(bytes_per_ms);
-            replay.audio(text.clone(), audio_bytes);
+        // What a millisecond of this audio costs on the wire, to tell how far behind the
+        // bytes still in the socket put us.
+        if let Some(per_ms) = (text.len() as u64).checked_div(audio.duration_ms()) {
+            self.wire_bytes_per_ms = per_ms.max(1);
         }
+        self.replay.audio(text.clone(), audio);
         self.write(Message::Text(text))
+    }
+
+    /// Audio that has been written to the socket but not yet left this device: what the
+    /// kernel still holds in its send queue (unsent or unacknowledged), in ms of audio.
+    /// tungstenite's own write buffer is not counted: it holds at most one flush's worth
+    /// (64 KiB) and only while the kernel's queue is full.
+    pub fn unsent_ms(&self) -> u64 {
+        if self.wire_bytes_per_ms == 0 {
+            return 0;
+        }
+        crate::sys::unsent_bytes(self.tcp.as_raw_fd()) / self.wire_bytes_per_ms
     }
 
     /// Writes any message; a full socket is not an error but sets `write_blocked`.
@@ -88,16 +131,15 @@ impl Link {
 /// Sleeps until the socket can take more, or `timeout` passes; true in the first case. Only
 /// writability is asked for: incoming data must not end the wait, or a sender would spin
 /// while events arrive.
-pub(crate) fn wait_writable(fd: RawFd, timeout: Duration) -> bool {
+pub(crate) fn wait_writable(socket: &TcpStream, timeout: Duration) -> bool {
     let mut pfd = libc::pollfd {
-        fd,
+        fd: socket.as_raw_fd(),
         events: libc::POLLOUT,
         revents: 0,
     };
     let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-    // SAFETY: `pfd` is one valid pollfd for the duration of the call. Should the descriptor
-    // have been closed meanwhile (a reconnect), poll reports POLLNVAL at once and the caller
-    // looks at the connection again under the lock.
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call; the caller's handle
+    // keeps the descriptor open (and so its number unused by any other file) until it returns.
     let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
     ready > 0 && pfd.revents & libc::POLLOUT != 0
 }

@@ -1,5 +1,6 @@
 //! HTTP CONNECT proxies, chosen from the configuration or the environment as curl does.
 
+use std::fmt;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
@@ -9,12 +10,25 @@ use crate::config::Proxy;
 use crate::error::{Error, Phase, Result};
 
 /// A proxy to tunnel through.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct ProxyTarget {
     pub host: String,
     pub port: u16,
     /// `user:pass`, sent as Basic `Proxy-Authorization`.
     pub credentials: Option<String>,
+}
+
+impl fmt::Debug for ProxyTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// The longest CONNECT response header we read; a real one is a few hundred bytes.
@@ -102,13 +116,7 @@ fn parse(url: &str) -> Result<ProxyTarget> {
 
 /// The URL without its credentials, for messages.
 fn redact(url: &str) -> String {
-    match url.rsplit_once('@') {
-        Some((before, after)) => {
-            let scheme = before.split_once("://").map_or("", |(s, _)| s);
-            format!("{scheme}://***@{after}")
-        }
-        None => url.to_owned(),
-    }
+    crate::config::redact_userinfo(url)
 }
 
 /// Asks the proxy for a tunnel to `host:port` over `stream` (whose timeouts bound the wait).
@@ -160,10 +168,23 @@ pub(crate) fn connect_tunnel(
         .and_then(|s| s.parse::<u16>().ok());
     match status {
         Some(200..=299) => Ok(()),
-        Some(407) => Err(Error::Authentication {
-            status: 407,
-            body: format!("the proxy {}:{} wants credentials", proxy.host, proxy.port),
-        }),
+        Some(407) => {
+            // The challenges say which schemes the proxy takes (we send only Basic).
+            let challenges = text.lines().filter_map(|l| {
+                l.split_once(':')
+                    .filter(|(name, _)| name.trim().eq_ignore_ascii_case("proxy-authenticate"))
+                    .map(|(_, value)| value.trim())
+            });
+            let response = std::iter::once(status_line.trim())
+                .chain(challenges)
+                .collect::<Vec<_>>()
+                .join("; ");
+            Err(Error::ProxyAuthentication {
+                proxy: format!("{}:{}", proxy.host, proxy.port),
+                credentials_sent: proxy.credentials.is_some(),
+                response,
+            })
+        }
         _ => Err(Error::Handshake(format!(
             "the proxy {}:{} refused CONNECT {authority}: {status_line}",
             proxy.host, proxy.port

@@ -10,8 +10,8 @@
 use std::sync::Mutex;
 
 use crate::config::ConnectParams;
-use crate::conversation::lock;
 use crate::error::{Error, Result};
+use crate::sys::lock;
 
 /// Distinct sets of extra roots kept at most; past it the oldest is dropped. One is the
 /// usual case (none, or the one of a private gateway).

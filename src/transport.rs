@@ -1,15 +1,21 @@
 //! Opening the connection: TCP with a connect timeout, TLS, the WebSocket upgrade with our
 //! headers, and the wait for `session.created`. Each phase has its own deadline and its own
-//! error, because tungstenite's `connect()` has none of that.
+//! error, because tungstenite's `connect()` has none of that. The upgrade request is written
+//! and its response checked here, not by tungstenite, whose client handshake logs the request
+//! (the API key with it) at trace level; tungstenite gets the socket once it is a WebSocket.
 
-use std::io::{self, ErrorKind};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tungstenite::client::IntoClientRequest;
-use tungstenite::handshake::HandshakeError;
+use tungstenite::handshake::client::{Request, Response};
+use tungstenite::handshake::derive_accept_key;
+use tungstenite::handshake::machine::TryParse;
 use tungstenite::http::{HeaderName, HeaderValue, Uri};
-use tungstenite::protocol::WebSocketConfig;
+use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
@@ -17,6 +23,8 @@ use crate::config::{ApiKey, ConnectParams};
 use crate::error::{Error, Phase, Result};
 use crate::event::{Event, EventKind};
 use crate::proxy;
+use crate::sys::lock;
+use crate::wake::Wake;
 
 /// The socket type the I/O thread owns.
 pub(crate) type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
@@ -88,10 +96,7 @@ pub fn user_agent() -> String {
 
 /// The upgrade request: URL with `model=`, then our headers, then the caller's, which
 /// replace ours of the same name as in both SDKs.
-pub(crate) fn build_request(
-    params: &ConnectParams,
-    key: &ApiKey,
-) -> Result<tungstenite::handshake::client::Request> {
+pub(crate) fn build_request(params: &ConnectParams, key: &ApiKey) -> Result<Request> {
     let url = params.request_url();
     let mut req = url
         .as_str()
@@ -124,7 +129,67 @@ pub(crate) fn build_request(
     Ok(req)
 }
 
-fn connect_tcp(host: &str, port: u16, timeout: Duration) -> Result<TcpStream> {
+/// Lets another thread stop a connection being opened, at once: a caller who closes the
+/// conversation while the I/O thread reconnects must not wait out the connect, handshake and
+/// `session.created` timeouts (30 s together by default).
+pub(crate) struct Cancel {
+    requested: AtomicBool,
+    /// A second handle on the socket being opened, to shut it down: every blocking read or
+    /// write on it (TLS, the upgrade, the wait for `session.created`) then ends at once.
+    opening: Mutex<Option<TcpStream>>,
+    /// Signalled on cancel, for a connect still waiting for the peer.
+    wake: Arc<Wake>,
+}
+
+impl Cancel {
+    pub(crate) fn new(wake: Arc<Wake>) -> Cancel {
+        Cancel {
+            requested: AtomicBool::new(false),
+            opening: Mutex::new(None),
+            wake,
+        }
+    }
+
+    /// Stops any opening under way, and every later one.
+    pub(crate) fn cancel(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        if let Some(s) = lock(&self.opening).take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        // Unconditionally: the senders' wake-up may be marked pending and not signal again.
+        self.wake.signal();
+    }
+
+    pub(crate) fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// Registers the socket being opened; refused if cancel came first. Under the lock, so
+    /// either this sees the request or `cancel` sees the socket.
+    fn watch(&self, tcp: &TcpStream) -> Result<()> {
+        let handle = tcp.try_clone().map_err(|source| Error::Io {
+            phase: Phase::Connect,
+            source,
+        })?;
+        let mut slot = lock(&self.opening);
+        if self.is_requested() {
+            return Err(Error::Closed);
+        }
+        *slot = Some(handle);
+        Ok(())
+    }
+
+    fn unwatch(&self) {
+        lock(&self.opening).take();
+    }
+}
+
+fn connect_tcp(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    cancel: Option<&Cancel>,
+) -> Result<TcpStream> {
     let deadline = Instant::now() + timeout;
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
@@ -142,11 +207,18 @@ fn connect_tcp(host: &str, port: u16, timeout: Duration) -> Result<TcpStream> {
                 after: timeout,
             });
         }
-        match TcpStream::connect_timeout(&addr, left) {
+        let attempt = match cancel {
+            Some(c) => crate::sys::connect(&addr, left, c.wake.fd(), &mut || {
+                // Another wake-up (a command queued) is drained: the commands stay queued
+                // for the new connection, which looks at the queue first thing.
+                c.wake.drain();
+                c.is_requested()
+            }),
+            None => TcpStream::connect_timeout(&addr, left),
+        };
+        match attempt {
             Ok(s) => return Ok(s),
-            Err(e) if e.kind() == ErrorKind::TimedOut => {
-                last = e;
-            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Err(Error::Closed),
             Err(e) => last = e,
         }
     }
@@ -207,74 +279,301 @@ fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
 
-fn handshake_error(e: tungstenite::Error, timeout: Duration) -> Error {
-    match e {
-        tungstenite::Error::Http(resp) => {
-            let status = resp.status().as_u16();
-            let body = resp
-                .body()
-                .as_deref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            if status == 401 || status == 403 {
-                Error::Authentication { status, body }
-            } else {
-                Error::Handshake(format!("HTTP {status} {body}"))
-            }
+/// The longest upgrade response head we read; a real one is a few hundred bytes.
+const MAX_RESPONSE_HEAD_BYTES: usize = 16 * 1024;
+
+/// The most of a refusal's body kept for the error: enough for the service's JSON message.
+const MAX_ERROR_BODY_BYTES: usize = 4 * 1024;
+
+/// The upgrade request on the wire, in tungstenite's layout (the WebSocket headers first, with
+/// the capitalisation some servers insist on), which the service is known to accept. We write
+/// it ourselves because tungstenite's client handshake logs the whole request at trace level,
+/// and the request carries the API key and whatever the caller put in its headers. Nothing
+/// here may be logged.
+fn request_bytes(request: &Request) -> Result<Vec<u8>> {
+    const FIRST: [&str; 5] = [
+        "Host",
+        "Connection",
+        "Upgrade",
+        "Sec-WebSocket-Version",
+        "Sec-WebSocket-Key",
+    ];
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut out = format!("GET {path} HTTP/1.1\r\n").into_bytes();
+    let headers = request.headers();
+    for name in FIRST {
+        let value = headers.get(name).ok_or_else(|| {
+            Error::Handshake(format!("the upgrade request lacks its {name} header"))
+        })?;
+        push_header(&mut out, name, value.as_bytes());
+    }
+    for (name, value) in headers {
+        if FIRST.iter().any(|f| name.as_str().eq_ignore_ascii_case(f)) {
+            continue;
         }
-        tungstenite::Error::Io(e) if is_timeout(&e) => Error::Timeout {
-            phase: Phase::Handshake,
-            after: timeout,
-        },
-        tungstenite::Error::Io(source) => Error::Io {
-            phase: Phase::Handshake,
-            source,
-        },
-        tungstenite::Error::Tls(e) => Error::Tls(e.to_string()),
-        other => Error::Handshake(other.to_string()),
+        let shown = match name.as_str() {
+            "sec-websocket-protocol" => "Sec-WebSocket-Protocol",
+            "origin" => "Origin",
+            other => other,
+        };
+        push_header(&mut out, shown, value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(out)
+}
+
+fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A read bounded by what is left of the handshake's deadline.
+fn read_by<S: Read>(
+    stream: &mut S,
+    tcp: &TcpStream,
+    deadline: Instant,
+    limit: Duration,
+    buf: &mut [u8],
+) -> Result<usize> {
+    let timeout = || Error::Timeout {
+        phase: Phase::Handshake,
+        after: limit,
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(timeout());
+    }
+    let io_err = |source| Error::Io {
+        phase: Phase::Handshake,
+        source,
+    };
+    tcp.set_read_timeout(Some(left)).map_err(io_err)?;
+    loop {
+        match stream.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if is_timeout(&e) => return Err(timeout()),
+            Err(e) => return Err(io_err(e)),
+        }
     }
 }
 
+/// Reads the response head; returns it parsed and the bytes read past it, which belong to
+/// the WebSocket (the server may send its first frame right behind the 101).
+fn read_response<S: Read>(
+    stream: &mut S,
+    tcp: &TcpStream,
+    deadline: Instant,
+    limit: Duration,
+) -> Result<(Response, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = read_by(stream, tcp, deadline, limit, &mut chunk)?;
+        if n == 0 {
+            return Err(Error::Handshake(
+                "the server closed the connection before answering the upgrade".into(),
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match Response::try_parse(&buf) {
+            Ok(Some((len, response))) => return Ok((response, buf.split_off(len))),
+            Ok(None) if buf.len() < MAX_RESPONSE_HEAD_BYTES => {}
+            Ok(None) => {
+                return Err(Error::Handshake(format!(
+                    "the upgrade response head is over {MAX_RESPONSE_HEAD_BYTES} bytes"
+                )))
+            }
+            Err(e) => {
+                return Err(Error::Handshake(format!(
+                    "the upgrade response is not HTTP: {e}"
+                )))
+            }
+        }
+    }
+}
+
+/// The body of a refusal: what came with the head, plus the rest up to its
+/// `Content-Length`, within the deadline and [`MAX_ERROR_BODY_BYTES`]. A body that does not
+/// arrive in time is left out: the status is what matters.
+fn refusal_body<S: Read>(
+    stream: &mut S,
+    tcp: &TcpStream,
+    deadline: Instant,
+    limit: Duration,
+    response: &Response,
+    mut body: Vec<u8>,
+) -> String {
+    let want = response
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(MAX_ERROR_BODY_BYTES);
+    let mut chunk = [0u8; 1024];
+    while body.len() < want {
+        match read_by(stream, tcp, deadline, limit, &mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    body.truncate(MAX_ERROR_BODY_BYTES);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// RFC 6455 §4.1's checks of a 101 response (those tungstenite's client makes).
+fn check_switch(request: &Request, response: &Response) -> Result<()> {
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let fail = |what: &str| {
+        Err(Error::Handshake(format!(
+            "the server's 101 response {what}"
+        )))
+    };
+    if !header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
+        return fail("lacks Upgrade: websocket");
+    }
+    if !header("connection").is_some_and(|v| {
+        v.split(',')
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+    }) {
+        return fail("lacks Connection: Upgrade");
+    }
+    let key = request
+        .headers()
+        .get("sec-websocket-key")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if header("sec-websocket-accept") != Some(derive_accept_key(key).as_str()) {
+        return fail("has a wrong or no Sec-WebSocket-Accept");
+    }
+    let asked: Vec<&str> = request
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    match header("sec-websocket-protocol") {
+        Some(p) if !asked.contains(&p) => fail("names a subprotocol that was not asked for"),
+        None if !asked.is_empty() => fail("names none of the subprotocols asked for"),
+        _ => Ok(()),
+    }
+}
+
+/// TLS (for wss://) on the connected socket.
+fn wrap_tls(
+    params: &ConnectParams,
+    target: &Target,
+    tcp: TcpStream,
+) -> Result<MaybeTlsStream<TcpStream>> {
+    if !target.tls {
+        return Ok(MaybeTlsStream::Plain(tcp));
+    }
+    #[cfg(feature = "native-tls")]
+    {
+        let connector = crate::tls::connector(params)?;
+        match connector.connect(&target.host, tcp) {
+            Ok(s) => Ok(MaybeTlsStream::NativeTls(s)),
+            Err(native_tls::HandshakeError::Failure(e)) => Err(Error::Tls(e.to_string())),
+            // A blocking socket with a timeout reports the timeout as an interrupted handshake.
+            Err(native_tls::HandshakeError::WouldBlock(_)) => Err(Error::Timeout {
+                phase: Phase::Handshake,
+                after: params.timeouts.handshake,
+            }),
+        }
+    }
+    #[cfg(not(feature = "native-tls"))]
+    {
+        let _ = (params, tcp);
+        Err(Error::Tls(
+            "wss:// needs the crate feature native-tls (or native-tls-vendored)".into(),
+        ))
+    }
+}
+
+/// TLS, then the WebSocket upgrade written and checked by us, then the socket handed to
+/// tungstenite with the bytes already read past the response.
 fn upgrade(
     params: &ConnectParams,
     target: &Target,
-    request: tungstenite::handshake::client::Request,
+    request: &Request,
     tcp: TcpStream,
+    poll_handle: &TcpStream,
+    deadline: Instant,
 ) -> Result<Socket> {
-    let timeout = params.timeouts.handshake;
-    let result = if target.tls {
-        #[cfg(feature = "native-tls")]
-        {
-            let connector = crate::tls::connector(params)?;
-            tungstenite::client_tls_with_config(
-                request,
-                tcp,
-                Some(ws_config(params)),
-                Some(tungstenite::Connector::NativeTls(connector)),
-            )
-        }
-        #[cfg(not(feature = "native-tls"))]
-        unreachable!("parse_target refuses wss:// without native-tls")
-    } else {
-        tungstenite::client::client_with_config(
-            request,
-            MaybeTlsStream::Plain(tcp),
-            Some(ws_config(params)),
-        )
-    };
-    match result {
-        Ok((socket, _response)) => Ok(socket),
-        Err(HandshakeError::Failure(e)) => Err(handshake_error(e, timeout)),
-        // A blocking socket with a timeout reports the timeout as an interrupted handshake.
-        Err(HandshakeError::Interrupted(_)) => Err(Error::Timeout {
+    let limit = params.timeouts.handshake;
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(Error::Timeout {
             phase: Phase::Handshake,
-            after: timeout,
-        }),
+            after: limit,
+        });
     }
+    let io_err = |source: io::Error| {
+        if is_timeout(&source) {
+            Error::Timeout {
+                phase: Phase::Handshake,
+                after: limit,
+            }
+        } else {
+            Error::Io {
+                phase: Phase::Handshake,
+                source,
+            }
+        }
+    };
+    poll_handle.set_read_timeout(Some(left)).map_err(io_err)?;
+    poll_handle.set_write_timeout(Some(left)).map_err(io_err)?;
+    let mut stream = wrap_tls(params, target, tcp)?;
+    stream
+        .write_all(&request_bytes(request)?)
+        .and_then(|()| stream.flush())
+        .map_err(io_err)?;
+    let (response, tail) = read_response(&mut stream, poll_handle, deadline, limit)?;
+    let status = response.status().as_u16();
+    if status != 101 {
+        let body = refusal_body(&mut stream, poll_handle, deadline, limit, &response, tail);
+        return Err(if status == 401 || status == 403 {
+            Error::Authentication { status, body }
+        } else {
+            Error::Handshake(format!("HTTP {status} {body}"))
+        });
+    }
+    check_switch(request, &response)?;
+    Ok(WebSocket::from_partially_read(
+        stream,
+        tail,
+        Role::Client,
+        Some(ws_config(params)),
+    ))
 }
 
-/// Opens the connection and waits for `session.created`, checking the model served.
-pub(crate) fn open(params: &ConnectParams, key: &ApiKey) -> Result<Opened> {
+/// Opens the connection and waits for `session.created`, checking the model served. With
+/// `cancel`, another thread can stop it at any point ([`Error::Closed`]).
+pub(crate) fn open(
+    params: &ConnectParams,
+    key: &ApiKey,
+    cancel: Option<&Cancel>,
+) -> Result<Opened> {
+    let opened = open_watched(params, key, cancel);
+    if let Some(c) = cancel {
+        c.unwatch();
+        if c.is_requested() {
+            return Err(Error::Closed);
+        }
+    }
+    opened
+}
+
+fn open_watched(params: &ConnectParams, key: &ApiKey, cancel: Option<&Cancel>) -> Result<Opened> {
     params.validate()?;
     let url = params.request_url();
     let target = parse_target(params, &url)?;
@@ -287,9 +586,12 @@ pub(crate) fn open(params: &ConnectParams, key: &ApiKey) -> Result<Opened> {
         |name| std::env::var(name).ok(),
     )?;
     let mut tcp = match &proxy {
-        Some(p) => connect_tcp(&p.host, p.port, params.timeouts.connect)?,
-        None => connect_tcp(&target.host, target.port, params.timeouts.connect)?,
+        Some(p) => connect_tcp(&p.host, p.port, params.timeouts.connect, cancel)?,
+        None => connect_tcp(&target.host, target.port, params.timeouts.connect, cancel)?,
     };
+    if let Some(c) = cancel {
+        c.watch(&tcp)?;
+    }
     let io_err = |phase| move |source| Error::Io { phase, source };
     // Appends are small and latency matters more than packet count.
     tcp.set_nodelay(true).map_err(io_err(Phase::Connect))?;
@@ -311,14 +613,11 @@ pub(crate) fn open(params: &ConnectParams, key: &ApiKey) -> Result<Opened> {
             e => e,
         })?;
     }
-    let mut socket = upgrade(params, &target, request, tcp)?;
-    if Instant::now() > deadline {
-        return Err(Error::Timeout {
-            phase: Phase::Handshake,
-            after: params.timeouts.handshake,
-        });
-    }
-    log::info!("connected to {}", url.split('?').next().unwrap_or(""));
+    let mut socket = upgrade(params, &target, &request, tcp, &poll_handle, deadline)?;
+    log::info!(
+        "connected to {}",
+        crate::config::redact_userinfo(url.split('?').next().unwrap_or(""))
+    );
     let created = wait_session_created(&mut socket, &poll_handle, params)?;
     poll_handle
         .set_read_timeout(None)
@@ -463,6 +762,117 @@ mod tests {
             Some("qwen3-asr-flash-realtime")
         )
         .is_err());
+    }
+
+    /// A one-shot server on loopback: reads the upgrade request's head and answers with
+    /// `answer(request head)`, written in the given pieces.
+    fn one_shot_server(
+        answer: impl FnOnce(&str) -> Vec<Vec<u8>> + Send + 'static,
+    ) -> (String, std::thread::JoinHandle<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}/x", listener.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                assert_eq!(conn.read(&mut byte).unwrap(), 1);
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            for piece in answer(&head) {
+                conn.write_all(&piece).unwrap();
+                conn.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Keep the socket open until the client is done with it.
+            let _ = conn.read(&mut byte);
+            head
+        });
+        (url, t)
+    }
+
+    fn accept_for(head: &str) -> String {
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap();
+        derive_accept_key(key.as_bytes())
+    }
+
+    fn short(url: &str) -> ConnectParams {
+        let t = crate::Timeouts {
+            handshake: Duration::from_secs(5),
+            session_created: Duration::from_secs(5),
+            ..Default::default()
+        };
+        ConnectParams::new()
+            .url(url)
+            .proxy(crate::Proxy::None)
+            .timeouts(t)
+    }
+
+    #[test]
+    fn a_frame_behind_the_101_in_the_same_segment_is_not_lost() {
+        let created = br#"{"type":"session.created","session":{"id":"sess_1","model":"qwen3-asr-flash-realtime"}}"#;
+        let (url, server) = one_shot_server(move |head| {
+            let mut out = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                accept_for(head)
+            )
+            .into_bytes();
+            out.extend_from_slice(&[0x81, created.len() as u8]);
+            out.extend_from_slice(created);
+            vec![out]
+        });
+        let opened = open(&short(&url), &ApiKey::new("k-1"), None).unwrap();
+        assert!(matches!(opened.created.kind, EventKind::SessionCreated(_)));
+        drop(opened);
+        let head = server.join().unwrap();
+        assert!(head.starts_with("GET /x?model=qwen3-asr-flash-realtime HTTP/1.1\r\nHost: "));
+        assert!(head.contains("\r\nauthorization: Bearer k-1\r\n"), "{head}");
+    }
+
+    #[test]
+    fn a_101_with_a_wrong_accept_key_is_refused() {
+        let (url, server) = one_shot_server(|_| {
+            vec![
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\nSec-WebSocket-Accept: d3Jvbmc=\r\n\r\n"
+                    .to_vec(),
+            ]
+        });
+        match open(&short(&url), &ApiKey::new("k"), None) {
+            Err(Error::Handshake(m)) => assert!(m.contains("Sec-WebSocket-Accept"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_401_keeps_its_status_and_a_body_sent_after_the_head() {
+        let body = r#"{"code":"InvalidApiKey","message":"Invalid API-key provided."}"#;
+        let (url, server) = one_shot_server(move |_| {
+            vec![
+                format!(
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes(),
+                body.as_bytes().to_vec(),
+            ]
+        });
+        match open(&short(&url), &ApiKey::new("k"), None) {
+            Err(Error::Authentication { status, body: got }) => {
+                assert_eq!(status, 401);
+                assert_eq!(got, body);
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        server.join().unwrap();
     }
 
     #[test]

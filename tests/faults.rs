@@ -161,8 +161,12 @@ fn reconnected(events: &[Event]) -> Vec<(u32, u64)> {
                 replayed_ms,
                 old_session_id,
                 new_session_id,
+                code,
+                reason,
             } => {
                 assert_ne!(old_session_id, new_session_id);
+                // It says why the previous connection ended.
+                assert!(*code >= 1000 && !reason.is_empty(), "{code} {reason:?}");
                 Some((*attempt, *replayed_ms))
             }
             _ => None,
@@ -413,10 +417,12 @@ fn replay_is_bounded_by_its_window_and_the_excess_is_reported() {
     assert!(replayed <= 2000, "replayed {replayed} ms");
     let sessions = emu.sessions();
     let last = sessions.last().unwrap();
-    assert_eq!(
-        last.audio.bytes / 32,
-        replayed,
-        "the new session got exactly the replay"
+    // The new session got the replay, then whatever was still queued when the link died
+    // (with the send buffer capped, appends wait for the link, so not all 5 s had left).
+    let got = last.audio.bytes / 32;
+    assert!(
+        got >= replayed,
+        "the new session got {got} ms, {replayed} replayed"
     );
     let sent = le_bytes(&audio);
     assert_eq!(
@@ -424,13 +430,9 @@ fn replay_is_bounded_by_its_window_and_the_excess_is_reported() {
         &last.audio_data[..],
         "the newest audio"
     );
-    // Every millisecond is accounted for: replayed into the session that transcribed it, or
-    // reported lost (including what the old session got but never transcribed).
-    assert_eq!(
-        dropped + replayed,
-        5000,
-        "lost {dropped} + replayed {replayed}"
-    );
+    // Every millisecond is accounted for: in the session that transcribed it, or reported
+    // lost (including what the old session got but never transcribed).
+    assert_eq!(dropped + got, 5000, "lost {dropped} + transcribed {got}");
     assert_eq!(transcripts(&events).len(), 1);
 }
 
@@ -515,4 +517,71 @@ fn appends_wait_out_a_server_that_stops_reading_and_lose_nothing() {
         assert_eq!(s.audio, digest(&audio), "tls {tls}: the audio as sent");
         assert_eq!(s.audio_data, le_bytes(&audio), "tls {tls}");
     }
+}
+
+#[test]
+fn the_replay_starts_at_the_acknowledged_point_not_at_its_frame() {
+    // Chunks of 93.75 ms: the first tone's end (1000 ms, byte 32,000) falls 2,000 bytes into
+    // a chunk. The link dies inside the second tone; the new session must start at the first
+    // tone's end (rounded down to 6 bytes within its chunk), not at the chunk holding it.
+    const ODD_CHUNK: usize = 1500;
+    let emu = start_emulator(recording(vec![Fault::AfterAppends {
+        n: 28, // 2.625 s: inside the second tone (2.2 s to 3.2 s)
+        action: FaultAction::Close {
+            code: 1011,
+            reason: "model unavailable".into(),
+        },
+    }]));
+    let conv = Conversation::start(reconnecting_params(emu.url()), &SessionConfig::vad()).unwrap();
+    let (audio, tones) = distinct_utterances(4);
+    for c in audio.chunks(ODD_CHUNK) {
+        conv.append_pcm(c).expect("append");
+    }
+    let ended = conv.end_session(WAIT);
+    let events = collect_until_closed(&conv);
+    ended.unwrap_or_else(|e| panic!("end_session: {e}; events {:?}", types(&events)));
+    assert_eq!(reconnected(&events).len(), 1, "{:?}", types(&events));
+    // The acknowledged point: where the last utterance completed before the reconnect ended.
+    let before: Vec<&Event> = events
+        .iter()
+        .take_while(|e| !matches!(e.kind, EventKind::Reconnected { .. }))
+        .collect();
+    let done = before.iter().rev().find_map(|e| match &e.kind {
+        EventKind::Completed(c) => c.item_id.clone(),
+        _ => None,
+    });
+    let done = done.expect("the first tone was transcribed before the link died");
+    let acked_ms = before
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::SpeechStopped {
+                item_id: Some(id),
+                audio_end_ms,
+            } if *id == done => *audio_end_ms,
+            _ => None,
+        })
+        .expect("its speech_stopped");
+    let acked = acked_ms as usize * 32;
+    let chunk_bytes = ODD_CHUNK * 2;
+    let frame_start = acked / chunk_bytes * chunk_bytes;
+    assert!(
+        acked > frame_start,
+        "the acknowledged point is inside a chunk"
+    );
+    let expected = frame_start + (acked - frame_start) / 6 * 6;
+    let sent = le_bytes(&audio);
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), 2);
+    let replayed = &sessions[1].audio_data;
+    let start = sent.len() - replayed.len();
+    assert_eq!(
+        start, expected,
+        "the new session starts at the acknowledged byte {acked} (rounded to 6), \
+         not at its chunk's start {frame_start}"
+    );
+    assert_eq!(&sent[start..], &replayed[..]);
+    // The cut may resend up to 2 acknowledged samples (here the first tone's last one, close
+    // to silence): the tones' last 6 bytes are left out of the overlap check.
+    let trimmed: Vec<(usize, usize)> = tones.iter().map(|&(a, b)| (a, b - 6)).collect();
+    assert_each_utterance_once(&sent, &trimmed, &sessions, &events);
 }

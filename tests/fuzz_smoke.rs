@@ -6,8 +6,8 @@
 mod harness;
 
 use harness::{
-    check_event_bytes, check_event_structured, check_wav, check_wav_header, wav_seeds,
-    TrackingAlloc, EVENT_SEEDS, EVENT_TYPES,
+    check_event_bytes, check_event_structured, check_replay, check_wav, check_wav_header,
+    replay_seeds, wav_seeds, TrackingAlloc, EVENT_SEEDS, EVENT_TYPES,
 };
 
 use qwen_asr_realtime::wav::WavReader;
@@ -22,6 +22,8 @@ static ALLOC: TrackingAlloc = TrackingAlloc;
 /// x86_64). `FUZZ_SMOKE_SCALE=N` multiplies both for a longer local run.
 const EVENT_ROUNDS: usize = 3_000;
 const WAV_ROUNDS: usize = 8_000;
+/// Replay inputs: each runs up to a few hundred operations of the replay buffer.
+const REPLAY_ROUNDS: usize = 1_500;
 
 fn scaled(rounds: usize) -> usize {
     let scale = std::env::var("FUZZ_SMOKE_SCALE")
@@ -198,6 +200,17 @@ fn wav_reader_survives_mutated_files() {
 }
 
 #[test]
+fn replay_buffer_survives_mutated_operation_sequences() {
+    let seeds: Vec<Vec<u8>> = replay_seeds().into_iter().map(|(_, s)| s).collect();
+    corpus_inputs(
+        0x3c6e_f372_fe94_f82b,
+        scaled(REPLAY_ROUNDS),
+        &seeds,
+        check_replay,
+    );
+}
+
+#[test]
 fn wav_header_reads_back_for_any_parameters() {
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
     let rates = [0, 1, 8000, 16000, 48000, 0x7fff_ffff, u32::MAX];
@@ -301,5 +314,8 @@ fn write_fuzz_seeds() {
     }
     for (name, bytes) in wav_seeds() {
         write("wav_reader", &format!("{name}.bin"), &bytes);
+    }
+    for (name, bytes) in replay_seeds() {
+        write("replay", &format!("{name}.bin"), &bytes);
     }
 }

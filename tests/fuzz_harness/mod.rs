@@ -918,3 +918,406 @@ pub fn wav_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("from_header_fn", header_only),
     ]
 }
+
+// ---- replay buffer ------------------------------------------------------------------------
+
+/// Operations per replay input at most, so one input stays fast however long it is.
+pub const REPLAY_MAX_OPS: usize = 2048;
+
+const NS_PER_MS: u64 = 1_000_000;
+
+/// The bound the replay documents on the frame text it holds: 128 bytes per millisecond of
+/// window, and at least 1 MiB.
+fn held_bytes_bound(window_ms: u64) -> u64 {
+    window_ms.saturating_mul(128).max(1 << 20)
+}
+
+/// The duration of `samples` at `rate` as the replay counts it: nanoseconds, rounded down.
+fn pcm_ns(samples: u64, rate: u32) -> u64 {
+    let ns = u128::from(samples) * 1_000_000_000 / u128::from(rate.max(1));
+    u64::try_from(ns).unwrap_or(u64::MAX)
+}
+
+/// The input, read from the front; zeros once it runs out.
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+    fn u64(&mut self) -> u64 {
+        (0..8).fold(0, |v, i| v | u64::from(self.u8()) << (8 * i))
+    }
+}
+
+/// The audio byte at stream position `i`: distinct enough that a replay from the wrong place
+/// does not match the suffix it should be.
+fn audio_byte(i: usize) -> u8 {
+    ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8
+}
+
+/// What the checks know of one recorded frame.
+struct ModelFrame {
+    byte_start: usize,
+    bytes: usize,
+    start_ns: u64,
+    /// `Some(rate)` for PCM, which the replay may cut; `None` for coded audio.
+    rate: Option<u32>,
+}
+
+/// Standard padded base64, decoded; `None` if it is not.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    fn value(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let b = s.as_bytes();
+    if b.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(b.len() / 4 * 3);
+    for (k, quad) in b.chunks(4).enumerate() {
+        let last = k + 1 == b.len() / 4;
+        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut n = 0u32;
+        for &c in &quad[..4 - pad] {
+            n = n << 6 | value(c)?;
+        }
+        n <<= 6 * pad as u32;
+        out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
+    }
+    Some(out)
+}
+
+/// A server event, through the real parser.
+fn server_event(json: String) -> EventKind {
+    Event::parse(json).kind
+}
+
+/// Drives the replay buffer (`Replay`, crate-private, through `__fuzz`) with the input as a
+/// sequence of operations: PCM appends at assorted rates (0 Hz and 2^32-1 Hz included), coded
+/// appends of assorted durations, commits, `session.finish`, server events built as JSON and
+/// parsed (`speech_stopped` with offsets near the audio sent, far past it, 2^63-1, 2^64-1,
+/// negative, fractional, missing; `completed`/`failed` with or without item ids;
+/// `session.finished`; noise), loss reports, and new sessions (a reconnect). It checks:
+/// - nothing panics;
+/// - the audio held stays within the window, and its text within the memory bound;
+/// - the acknowledged point never goes backwards, never passes the audio sent, and never
+///   passes the furthest point the server could acknowledge (an offset within the audio
+///   sent, a commit, or `session.finish`): an offset past the audio sent acknowledges nothing;
+/// - accounting: audio without a result is held, pending as lost, or already reported lost,
+///   and held plus pending never exceeds it;
+/// - a new session is sent a suffix of the audio, as valid append frames, starting at the
+///   acknowledged point (at most 2 samples before it in a PCM frame, at the start of a coded
+///   frame that holds it) unless the audio in between was reported lost; it is told the
+///   milliseconds replayed; its commits are exactly those sent after the replay's start, and
+///   none comes first.
+pub fn check_replay(data: &[u8]) {
+    use qwen_asr_realtime::__fuzz::{FrameAudio, Replay};
+
+    let mut input = Input(data);
+    let window_ms = match input.u8() % 8 {
+        0 => 0,
+        1 => 1,
+        2 => 50,
+        3 => 300,
+        4 => 1_000,
+        5 => 30_000,
+        6 => u64::MAX,
+        _ => input.u64(),
+    };
+    let window_ns = window_ms.saturating_mul(NS_PER_MS);
+    let mut r = Replay::new(window_ms);
+    let mut sent: Vec<u8> = Vec::new();
+    let mut frames: Vec<ModelFrame> = Vec::new();
+    let mut commits: Vec<usize> = Vec::new();
+    let mut end_ns = 0u64;
+    let mut reported_ns = 0u64;
+    let mut finish_at: Option<u64> = None;
+    let mut ackable = 0u64;
+    let mut last_acked = 0u64;
+    let mut text = String::new();
+    for _ in 0..REPLAY_MAX_OPS {
+        if input.0.is_empty() {
+            break;
+        }
+        let before = r.accounting();
+        let op = input.u8();
+        match op % 12 {
+            0 | 1 => {
+                let rate = [16_000, 16_000, 8_000, 44_100, 48_000, 1, 0, u32::MAX]
+                    [usize::from(input.u8() % 8)];
+                let samples = 1 + usize::from(input.u8()) * (1 + usize::from(op >> 4));
+                let audio: Vec<u8> = (sent.len()..sent.len() + samples * 2)
+                    .map(audio_byte)
+                    .collect();
+                qwen_asr_realtime::event::write_append_json(&mut text, &audio);
+                r.audio(
+                    text.as_str().into(),
+                    FrameAudio::Pcm {
+                        bytes: audio.len() as u64,
+                        sample_rate: rate,
+                    },
+                );
+                frames.push(ModelFrame {
+                    byte_start: sent.len(),
+                    bytes: audio.len(),
+                    start_ns: end_ns,
+                    rate: Some(rate),
+                });
+                end_ns = end_ns.saturating_add(pcm_ns(samples as u64, rate));
+                sent.extend_from_slice(&audio);
+            }
+            2 => {
+                let duration_us = match input.u8() % 6 {
+                    0 => 0,
+                    1 => 2_500,
+                    2 => 20_000,
+                    3 => 60_000,
+                    4 => u64::from(input.u8()) << (input.u8() % 64),
+                    _ => u64::MAX,
+                };
+                let bytes = 1 + usize::from(input.u8());
+                let audio: Vec<u8> = (sent.len()..sent.len() + bytes).map(audio_byte).collect();
+                qwen_asr_realtime::event::write_append_json(&mut text, &audio);
+                r.audio(text.as_str().into(), FrameAudio::Coded { duration_us });
+                frames.push(ModelFrame {
+                    byte_start: sent.len(),
+                    bytes,
+                    start_ns: end_ns,
+                    rate: None,
+                });
+                end_ns = end_ns.saturating_add(duration_us.saturating_mul(1_000));
+                sent.extend_from_slice(&audio);
+            }
+            3 => {
+                r.commit();
+                commits.push(sent.len());
+                ackable = ackable.max(end_ns);
+            }
+            4 => {
+                let item = input.u8() % 8;
+                let session_ms = (end_ns - before.session_base) / NS_PER_MS;
+                let k = input.u8();
+                let ms = match k % 8 {
+                    0..=3 => (session_ms as u128 * u128::from(input.u8()) / 200) as u64,
+                    4 => i64::MAX as u64,
+                    5 => u64::MAX,
+                    _ => input.u64(),
+                };
+                let value = match k >> 5 {
+                    5 => "-1".to_owned(),
+                    6 => format!("{ms}.5"),
+                    7 => "null".to_owned(),
+                    _ => ms.to_string(),
+                };
+                let kind = server_event(format!(
+                    r#"{{"type":"input_audio_buffer.speech_stopped","item_id":"item_{item}","audio_end_ms":{value}}}"#
+                ));
+                if let EventKind::SpeechStopped {
+                    audio_end_ms: Some(ms),
+                    ..
+                } = kind
+                {
+                    let at = before
+                        .session_base
+                        .saturating_add(ms.saturating_mul(NS_PER_MS));
+                    if at <= end_ns.saturating_add(NS_PER_MS) {
+                        ackable = ackable.max(at.min(end_ns));
+                    }
+                }
+                r.observe(&kind);
+            }
+            5 | 6 => {
+                let item = input.u8() % 9;
+                let id = if item == 8 {
+                    String::new()
+                } else {
+                    format!(r#","item_id":"item_{item}""#)
+                };
+                let kind = if op % 12 == 5 { "completed" } else { "failed" };
+                r.observe(&server_event(format!(
+                    r#"{{"type":"conversation.item.input_audio_transcription.{kind}"{id},"transcript":"t"}}"#
+                )));
+            }
+            7 => {
+                r.observe(&server_event(r#"{"type":"session.finished"}"#.into()));
+                if let Some(at) = finish_at {
+                    assert!(r.accounting().acked >= at, "session.finished after finish");
+                    ackable = ackable.max(at);
+                }
+            }
+            8 => {
+                r.finish();
+                finish_at = Some(end_ns);
+            }
+            9 => check_new_session(&mut r, &sent, &frames, &commits, reported_ns),
+            10 => {
+                reported_ns = reported_ns.saturating_add(r.take_lost_ms().saturating_mul(NS_PER_MS))
+            }
+            _ => {
+                let noise = [
+                    r#"{"type":"input_audio_buffer.speech_started","item_id":"item_1","audio_start_ms":-1}"#,
+                    r#"{"type":"input_audio_buffer.committed","item_id":"item_2"}"#,
+                    r#"{"type":"input_audio_buffer.speech_stopped","audio_end_ms":5}"#,
+                    r#"{"type":"input_audio_buffer.speech_stopped","item_id":"item_3"}"#,
+                    r#"{"type":"error","error":{"message":"x"}}"#,
+                    r#"{"type":"session.created","session":{"sample_rate":4294967296}}"#,
+                    r#"{"type":"input_audio_buffer.speech_stopped","item_id":"item_4","audio_end_ms":18446744073709551616}"#,
+                    "not json",
+                ];
+                r.observe(&server_event(noise[usize::from(input.u8() % 8)].into()));
+            }
+        }
+        let a = r.accounting();
+        assert_eq!(a.end, end_ns, "the audio recorded");
+        assert!(a.acked >= last_acked, "acknowledged went back: {a:?}");
+        assert!(a.acked <= a.end, "acknowledged past the end: {a:?}");
+        assert!(
+            a.acked <= ackable,
+            "acknowledged past anything the server could: {a:?}, at most {ackable}"
+        );
+        last_acked = a.acked;
+        assert!(a.held <= window_ns, "held past the window: {a:?}");
+        assert!(
+            a.held_bytes <= held_bytes_bound(window_ms),
+            "held past the memory bound: {a:?}"
+        );
+        let unacked = a.end - a.acked;
+        assert!(a.unacked_held <= a.held, "{a:?}");
+        assert!(
+            a.unacked_held.saturating_add(a.lost_pending) <= unacked,
+            "counted twice: {a:?}"
+        );
+        assert!(
+            u128::from(unacked)
+                <= u128::from(a.unacked_held)
+                    + u128::from(a.lost_pending)
+                    + u128::from(reported_ns),
+            "audio without a result is neither held nor reported: {a:?}, reported {reported_ns}"
+        );
+        assert_eq!(r.unacked_ms(), a.unacked_held.div_ceil(NS_PER_MS));
+    }
+}
+
+/// `start_session` and the checks on what it replays (see [`check_replay`]).
+fn check_new_session(
+    r: &mut qwen_asr_realtime::__fuzz::Replay,
+    sent: &[u8],
+    frames: &[ModelFrame],
+    commits: &[usize],
+    reported_ns: u64,
+) {
+    let before = r.accounting();
+    let (replay, ms) = r.start_session();
+    let after = r.accounting();
+    let mut audio = Vec::new();
+    let mut commit_at = Vec::new();
+    for (k, f) in replay.iter().enumerate() {
+        match f {
+            None => {
+                assert!(k > 0, "a commit first: it would commit an empty buffer");
+                commit_at.push(audio.len());
+            }
+            Some(text) => {
+                let v: Value = serde_json::from_str(text.as_str()).expect("a JSON frame");
+                assert_eq!(v["type"], "input_audio_buffer.append");
+                let b64 = v["audio"].as_str().expect("audio");
+                audio.extend(base64_decode(b64).expect("standard padded base64"));
+            }
+        }
+    }
+    assert!(
+        sent.ends_with(&audio),
+        "the replay is not a suffix of the audio sent"
+    );
+    let p = sent.len() - audio.len();
+    let p_ns = if p == sent.len() {
+        before.end
+    } else {
+        let i = frames.partition_point(|f| f.byte_start <= p) - 1;
+        let f = &frames[i];
+        let offset = p - f.byte_start;
+        assert!(offset < f.bytes);
+        match f.rate {
+            Some(rate) => {
+                assert_eq!(offset % 6, 0, "a cut off a 6-byte group");
+                f.start_ns + pcm_ns(offset as u64 / 2, rate)
+            }
+            None => {
+                assert_eq!(offset, 0, "a coded frame was cut");
+                f.start_ns
+            }
+        }
+    };
+    assert_eq!(after.session_base, p_ns, "the new session's base");
+    if p_ns < before.acked {
+        let i = frames.partition_point(|f| f.byte_start <= p) - 1;
+        let f = &frames[i];
+        match f.rate {
+            Some(rate) => assert!(
+                before.acked - p_ns <= pcm_ns(3, rate) + 1,
+                "more than 2 acknowledged samples sent again: {before:?} from {p_ns}"
+            ),
+            None => assert!(i + 1 == frames.len() || frames[i + 1].start_ns > before.acked),
+        }
+    } else {
+        assert!(
+            u128::from(p_ns - before.acked)
+                <= u128::from(before.lost_pending) + u128::from(reported_ns),
+            "audio skipped without a report: {before:?} from {p_ns}"
+        );
+    }
+    assert_eq!(ms, (before.end - p_ns).div_ceil(NS_PER_MS), "replayed ms");
+    let expected: Vec<usize> = commits.iter().copied().filter(|&c| c > p).collect();
+    let got: Vec<usize> = commit_at.iter().map(|c| p + c).collect();
+    assert_eq!(got, expected, "the commits replayed");
+}
+
+/// Replay inputs for the seed corpus and the smoke test: a VAD conversation with a reconnect,
+/// a manual one, an offset of 2^63-1 ms after a reconnect (it overflowed), a 1 ms window.
+pub fn replay_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    // Op 96 is a PCM append (96 % 12 == 0) of 1 + 228 × 7 samples: about 100 ms at 16 kHz.
+    let append_100ms = [96u8, 0, 228, 96, 0, 228, 96, 0, 228];
+    let mut vad = vec![5];
+    vad.extend_from_slice(&append_100ms);
+    vad.extend_from_slice(&[4, 0, 0, 100, 5, 0, 9]);
+    vad.extend_from_slice(&append_100ms);
+    vad.extend_from_slice(&[4, 1, 0, 150, 5, 1, 10, 9, 8, 7]);
+    let mut manual = vec![5];
+    manual.extend_from_slice(&append_100ms);
+    manual.extend_from_slice(&[3]);
+    manual.extend_from_slice(&append_100ms);
+    manual.extend_from_slice(&[3, 5, 8, 9, 2, 2, 20, 5, 8, 9, 10]);
+    let mut overflow = vec![5];
+    overflow.extend_from_slice(&append_100ms);
+    overflow.extend_from_slice(&[4, 0, 0, 100, 5, 0, 9]);
+    overflow.extend_from_slice(&append_100ms);
+    overflow.extend_from_slice(&[4, 1, 4, 5, 1, 9, 10]);
+    let mut tiny_window = vec![1];
+    for _ in 0..40 {
+        tiny_window.extend_from_slice(&[0, 2, 0x80, 2, 0, 0, 10]);
+    }
+    tiny_window.push(9);
+    vec![
+        ("vad_reconnect", vad),
+        ("manual_commits", manual),
+        ("offset_overflow", overflow),
+        ("tiny_window", tiny_window),
+    ]
+}
