@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The Python side of the benchmark: the official DashScope SDK
-(dashscope.audio.qwen_omni.OmniRealtimeConversation) doing what examples/bench_client.rs does,
-step for step, with the same command line and the same one-line JSON on stdout.
-examples/bench.rs runs it as a child process when `python3 -c 'import dashscope'` works
-(`pip install dashscope`).
+(dashscope.audio.qwen_omni.OmniRealtimeConversation) doing what bench_client
+(src/bin/bench_client.rs) does, step for step, with the same command line and the same
+one-line JSON on stdout. The bench driver (src/main.rs) runs it as a child process when
+`python3 -c 'import dashscope'` works (`pip install dashscope`).
 
     python_peer.py stream  URL WAV [--realtime]
     python_peer.py idle    URL SECONDS

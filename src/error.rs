@@ -130,6 +130,7 @@ pub enum Error {
     Internal(String),
     /// ALSA capture failed (feature `alsa`).
     #[cfg(feature = "alsa")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alsa")))]
     Capture {
         /// The device name.
         device: String,

@@ -1032,8 +1032,8 @@ fn poll(socket: Option<(i32, bool)>, wake: Option<i32>, timeout: Option<Duration
 mod tests {
     use std::time::{Duration, Instant};
 
-    use crate::emulator::{Emulator, EmulatorConfig, Fault, FaultAction};
     use crate::{ConnectParams, Conversation, EventKind, SessionConfig};
+    use qwen_asr_emulator::{Emulator, EmulatorConfig, Fault, FaultAction};
 
     /// A server frame that makes a test build's I/O thread panic.
     pub(super) const PANIC_FRAME: &str = "qwen-asr-realtime test: panic here";

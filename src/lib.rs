@@ -1,6 +1,7 @@
 //! A blocking, thread-based client for Alibaba Cloud's Qwen-ASR-Realtime speech recognition
 //! service (`qwen3-asr-flash-realtime`), for embedded Linux. See the README for an overview.
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod arena;
 pub mod callback;
@@ -20,11 +21,9 @@ mod wake;
 pub mod wav;
 
 #[cfg(feature = "alsa")]
+#[cfg_attr(docsrs, doc(cfg(feature = "alsa")))]
 pub mod capture;
 pub mod resample;
-
-#[cfg(feature = "emulator")]
-pub mod emulator;
 
 /// Crate-private parts that the fuzz targets drive: not a public API.
 #[cfg(feature = "fuzzing")]
@@ -35,6 +34,7 @@ pub mod __fuzz {
 
 pub use callback::{Callback, CallbackThread};
 #[cfg(feature = "alsa")]
+#[cfg_attr(docsrs, doc(cfg(feature = "alsa")))]
 pub use capture::{Capture, CaptureConfig};
 pub use config::{
     ApiKey, AudioFormat, ConnectParams, Keepalive, Proxy, ReconnectPolicy, SessionConfig, Timeouts,

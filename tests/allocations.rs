@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use common::*;
-use qwen_asr_realtime::emulator::{Emulator, EmulatorConfig, TlsIdentity};
+use qwen_asr_emulator::{Emulator, EmulatorConfig, TlsIdentity};
 use qwen_asr_realtime::{ConnectParams, Conversation, ReconnectPolicy, SessionConfig};
 
 struct Counting;

@@ -6,9 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use qwen_asr_realtime::emulator::{
-    transcript_for, AudioDigest, EmulatorConfig, Fault, FaultAction,
-};
+use qwen_asr_emulator::{transcript_for, AudioDigest, EmulatorConfig, Fault, FaultAction};
 use qwen_asr_realtime::{
     Callback, ConnectParams, Conversation, Error, Event, EventKind, Phase, SessionConfig,
 };
@@ -171,7 +169,7 @@ fn the_wire_carries_the_sdk_client_events() {
 fn wss_with_a_self_signed_certificate_made_here() {
     let (cert, key) = self_signed_cert();
     let config = EmulatorConfig {
-        tls: Some(qwen_asr_realtime::emulator::TlsIdentity {
+        tls: Some(qwen_asr_emulator::TlsIdentity {
             cert_pem: cert.clone(),
             key_pem: key,
         }),
@@ -697,4 +695,23 @@ fn an_oversized_server_message_closes_with_1009() {
         "{:?}",
         types(&events)
     );
+}
+
+/// The client's language list against the emulator's own copy of the service's: every code the
+/// client lets through is one the service accepts (a code the client knows and the service does
+/// not would fail `start` with the server's error instead of a local one).
+#[test]
+fn every_language_the_client_accepts_the_emulator_accepts_too() {
+    let emu = start_emulator(EmulatorConfig::default());
+    for code in qwen_asr_realtime::config::LANGUAGES {
+        let conv = Conversation::start(params_for(&emu), &SessionConfig::vad().language(code))
+            .unwrap_or_else(|e| panic!("language {code}: {e}"));
+        conv.end_session(WAIT)
+            .unwrap_or_else(|e| panic!("language {code}: {e}"));
+    }
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), qwen_asr_realtime::config::LANGUAGES.len());
+    for (s, code) in sessions.iter().zip(qwen_asr_realtime::config::LANGUAGES) {
+        assert_eq!(s.config["input_audio_transcription"]["language"], code);
+    }
 }

@@ -15,7 +15,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{le_bytes, start_emulator, utterances};
-use qwen_asr_realtime::emulator::{EmulatorConfig, Fault, FaultAction};
+use qwen_asr_emulator::{EmulatorConfig, Fault, FaultAction};
 use qwen_asr_realtime::wav;
 
 /// A child that takes longer than this is killed and the test fails. Generous: under qemu an

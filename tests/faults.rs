@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::forwarder::Forwarder;
 use common::*;
-use qwen_asr_realtime::emulator::{EmulatorConfig, Fault, FaultAction, SessionRecord};
+use qwen_asr_emulator::{EmulatorConfig, Fault, FaultAction, SessionRecord};
 use qwen_asr_realtime::{
     Conversation, Error, Event, EventKind, Keepalive, Phase, ReconnectPolicy, SessionConfig,
 };
@@ -486,16 +486,15 @@ fn a_slow_reader_gets_every_final_transcript_with_bounded_buffering() {
 fn appends_wait_out_a_server_that_stops_reading_and_lose_nothing() {
     for tls in [false, true] {
         let cert = tls.then(self_signed_cert);
-        let emu =
-            start_emulator(EmulatorConfig {
-                tls: cert.clone().map(|(cert_pem, key_pem)| {
-                    qwen_asr_realtime::emulator::TlsIdentity { cert_pem, key_pem }
-                }),
-                ..recording(vec![Fault::AfterAppends {
-                    n: 1,
-                    action: FaultAction::PauseReading(Duration::from_millis(300)),
-                }])
-            });
+        let emu = start_emulator(EmulatorConfig {
+            tls: cert
+                .clone()
+                .map(|(cert_pem, key_pem)| qwen_asr_emulator::TlsIdentity { cert_pem, key_pem }),
+            ..recording(vec![Fault::AfterAppends {
+                n: 1,
+                action: FaultAction::PauseReading(Duration::from_millis(300)),
+            }])
+        });
         let mut params = params_for(&emu);
         if let Some((cert_pem, _)) = cert {
             params = params.root_certificate(cert_pem);

@@ -1,8 +1,8 @@
 //! A bounded, deterministic stand-in for the fuzz targets in `fuzz/` that runs in plain
-//! `cargo test` on stable: the same checks (fuzz/src/lib.rs) on inputs mutated from the same
+//! `cargo test` on stable: the same checks (fuzz_harness/mod.rs) on inputs mutated from the same
 //! seeds by a fixed-seed xorshift generator, plus every input fuzzing has found.
 
-#[path = "../fuzz/src/lib.rs"]
+#[path = "fuzz_harness/mod.rs"]
 mod harness;
 
 use harness::{

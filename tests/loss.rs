@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::forwarder::Forwarder;
 use common::*;
-use qwen_asr_realtime::emulator::{EmulatorConfig, Fault, FaultAction};
+use qwen_asr_emulator::{EmulatorConfig, Fault, FaultAction};
 use qwen_asr_realtime::{
     Conversation, Error, Event, EventKind, ReconnectPolicy, SessionConfig, TryAppendError,
 };

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 
 use base64::Engine;
 use common::*;
-use qwen_asr_realtime::emulator::{EmulatorConfig, TlsIdentity};
+use qwen_asr_emulator::{EmulatorConfig, TlsIdentity};
 use qwen_asr_realtime::{Conversation, Error, Proxy, SessionConfig};
 
 const API_KEY: &str = "sk-log-secret-0123456789abcdef";
@@ -205,10 +205,7 @@ fn serve(
 }
 
 /// A short session with the key and a custom header; checks the server got both.
-fn run_session(
-    params: qwen_asr_realtime::ConnectParams,
-    emu: &qwen_asr_realtime::emulator::Emulator,
-) {
+fn run_session(params: qwen_asr_realtime::ConnectParams, emu: &qwen_asr_emulator::Emulator) {
     let params = params
         .api_key(API_KEY)
         .header("X-Custom-Token", HEADER_VALUE);

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use qwen_asr_realtime::emulator::{EmulatorConfig, Fault, FaultAction};
+use qwen_asr_emulator::{EmulatorConfig, Fault, FaultAction};
 use qwen_asr_realtime::{Callback, Conversation, Event, SessionConfig};
 
 struct Quiet;

@@ -7,8 +7,8 @@ use std::io::{IsTerminal, Write};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use qwen_asr_emulator::{Emulator, EmulatorConfig};
 use qwen_asr_realtime::config::{ApiKey, API_KEY_ENV, API_KEY_FILE_ENV};
-use qwen_asr_realtime::emulator::{Emulator, EmulatorConfig};
 use qwen_asr_realtime::{
     ConnectParams, Conversation, Error, Event, EventKind, ReconnectPolicy, SessionConfig,
 };

@@ -5,7 +5,7 @@ pub mod forwarder;
 
 use std::time::{Duration, Instant};
 
-use qwen_asr_realtime::emulator::{AudioDigest, Emulator, EmulatorConfig};
+use qwen_asr_emulator::{AudioDigest, Emulator, EmulatorConfig};
 use qwen_asr_realtime::{ConnectParams, Conversation, Event, EventKind, Timeouts};
 
 /// Every wait in the tests is bounded by this; a hang becomes a failure, not a stuck CI.

@@ -1,6 +1,6 @@
-//! The Rust side of the benchmark (`examples/bench.rs` runs it as a child process, one run per
+//! The Rust side of the benchmark (the `bench` driver, src/main.rs, runs it as a child process, one run per
 //! measurement, so that its whole-process CPU and peak RSS contain only the client). It does
-//! what `bench/python_peer.py` does with the official Python SDK, step for step, and prints
+//! what `python_peer.py` does with the official Python SDK, step for step, and prints
 //! one JSON object on stdout. Times are CLOCK_MONOTONIC nanoseconds, the clock Python's
 //! `time.monotonic_ns()` reads, so the driver can compare them with its own.
 //!

@@ -1,5 +1,5 @@
-//! The protocol state of one emulated session (protocol.md §2, §3): client events in, server
-//! events out. No I/O here: the connection thread feeds text frames in and writes out whatever
+//! The protocol state of one emulated session: client events in (`session.update`,
+//! `input_audio_buffer.append`/`.commit`, `session.finish`), server events out.  No I/O here: the connection thread feeds text frames in and writes out whatever
 //! [`Reply`]s come back, so everything the session does follows from what the client sent.
 
 use base64::Engine as _;
@@ -9,14 +9,23 @@ use serde_json::{json, Value};
 use super::digest::{transcript_for, AudioDigest};
 use super::vad::{Transition, Vad, FRAME_MS};
 use super::{ItemRecord, SessionRecord};
-use crate::config::LANGUAGES;
 
-/// Formats the service accepts for `input_audio_format` (protocol.md §2.1 and §6 question 4:
-/// the docs say pcm/opus, Java sends pcm16, a live test saw wav accepted). The emulator reads
+/// The language codes the service accepts for `input_audio_transcription.language` (the
+/// service's documented list of January 2026: 27 codes; omitting the language means automatic
+/// detection). A copy of the service's table, not the client's: the emulator checks what a
+/// client sends instead of agreeing with it.
+const LANGUAGES: [&str; 27] = [
+    "zh", "yue", "en", "ja", "de", "ko", "ru", "fr", "pt", "ar", "it", "es", "hi", "id", "th",
+    "tr", "uk", "vi", "cs", "da", "fil", "fi", "is", "ms", "no", "pl", "sv",
+];
+
+/// Formats the service accepts for `input_audio_format`: the documentation says `pcm` and
+/// `opus`, the Java SDK sends `pcm16` by default, and a live test saw `wav` accepted. The emulator reads
 /// every format as 16-bit little-endian PCM; it decodes neither Opus nor WAV headers.
 const FORMATS: [&str; 4] = ["pcm", "pcm16", "opus", "wav"];
 const SAMPLE_RATES: [u32; 2] = [8000, 16000];
-/// Documented ranges and defaults of `turn_detection` (protocol.md §2.1).
+/// Documented ranges and defaults of `turn_detection`: `threshold` in [-1, 1] (default 0.2),
+/// `silence_duration_ms` in [200, 6000] (default 800).
 const THRESHOLD_RANGE: (f64, f64) = (-1.0, 1.0);
 const SILENCE_DURATION_MS_RANGE: (u64, u64) = (200, 6000);
 const DEFAULT_THRESHOLD: f64 = 0.2;
@@ -108,8 +117,29 @@ pub(crate) struct Session {
 pub(crate) fn new_id(prefix: &str) -> String {
     let mut s = String::with_capacity(prefix.len() + 21);
     s.push_str(prefix);
-    crate::event::push_random_hex(&mut s, 21);
+    push_random_hex(&mut s, 21);
     s
+}
+
+/// Appends `digits` random lowercase hex digits. The randomness comes from std's per-process
+/// random SipHash keys mixed with a counter: unique ids without a dependency for them.
+fn push_random_hex(s: &mut String, digits: usize) {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    const HEX_DIGITS_PER_U64: usize = 16;
+    let mut left = digits;
+    while left > 0 {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        let n = h.finish();
+        for i in 0..left.min(HEX_DIGITS_PER_U64) {
+            let nibble = (n >> (60 - 4 * i)) & 15;
+            s.push(char::from_digit(nibble as u32, 16).unwrap_or('0'));
+        }
+        left = left.saturating_sub(HEX_DIGITS_PER_U64);
+    }
 }
 
 impl Session {
@@ -166,8 +196,11 @@ impl Session {
         )
     }
 
-    /// The `session` object of `session.created` / `session.updated` (protocol.md §3.2, the
-    /// "realistic" example, and §3.3 for the shape of a merged configuration).
+    /// The `session` object of `session.created` / `session.updated`: `id`, `object`
+    /// (`realtime.session`), `model`, `modalities` (`["text"]`), `input_audio_format`,
+    /// `sample_rate`, `input_audio_transcription` (`model`, and `language` when set) and
+    /// `turn_detection` (`type`, `threshold`, `silence_duration_ms`, or null in Manual mode),
+    /// as the service echoes a merged configuration.
     fn session_object(&self) -> Value {
         let c = &self.config;
         let mut transcription = json!({ "model": self.model });
@@ -273,7 +306,7 @@ impl Session {
     ) {
         if self.audio_bytes > 0 {
             // The live gateway closes with 1007 on a session.update once audio has started
-            // (protocol.md §1.4, [3P-SW]).
+            // (seen by a third party testing the live service).
             self.end(
                 out,
                 1007,
@@ -551,7 +584,8 @@ impl Session {
                 event_id,
             );
         } else if self.buffer.bytes == 0 {
-            // Wording seen in a client test fixture (protocol.md §2.3).
+            // The service's wording is undocumented; this one was seen in a client's test
+            // fixture.
             self.error(
                 out,
                 "input_audio_buffer_commit_empty",
@@ -577,7 +611,8 @@ impl Session {
             }
             // Otherwise the buffer is silence after the last utterance: discarded.
         } else if self.buffer.bytes > 0 {
-            // Manual mode flushes an uncommitted buffer (protocol.md §2.4, [3P-SW]).
+            // Manual mode flushes an uncommitted buffer: the live service, given
+            // session.finish without a commit, sent `completed`, then `session.finished`.
             let item_id = new_id("item_");
             self.commit_buffer(item_id, rec, out);
         }
@@ -669,7 +704,8 @@ impl Session {
         self.config.language.as_deref().unwrap_or(DETECTED_LANGUAGE)
     }
 
-    /// An `error` event (protocol.md §3.1). The session continues.
+    /// An `error` event (`error.type`, `code`, `message`, `param`, `event_id`: the client
+    /// event that caused it). The session continues.
     fn error(
         &self,
         out: &mut Vec<Reply>,

@@ -32,7 +32,7 @@ const fn crc_table() -> [u32; 256] {
 /// compare what it sent, however it was chunked, with what the emulator received.
 ///
 /// ```
-/// use qwen_asr_realtime::emulator::AudioDigest;
+/// use qwen_asr_emulator::AudioDigest;
 /// let mut d = AudioDigest::default();
 /// d.update(b"1234");
 /// d.update(b"56789");

@@ -1,5 +1,6 @@
 //! The checks behind the fuzz targets, shared with `tests/fuzz_smoke.rs` (which includes this
-//! file with `#[path]`, so it must only use `qwen_asr_realtime`, `serde_json` and std).
+//! file with `#[path]`, so it must only use `qwen_asr_realtime`, `serde_json` and std). It lives
+//! here, not in fuzz/, so that the published package holds what its tests include.
 //!
 //! Each check panics when the library panics or breaks an invariant; nothing else.
 

@@ -1,6 +1,12 @@
-//! A local emulator of the Qwen-ASR-Realtime service (feature `emulator`): a real WebSocket
-//! server on loopback that speaks the wire protocol as `protocol.md` describes it, for tests,
-//! the examples' `--emulator` flag, and continuous integration without an API key or network.
+//! A local emulator of Alibaba Cloud's Qwen-ASR-Realtime speech recognition service
+//! (`qwen3-asr-flash-realtime`): a real WebSocket server on loopback that speaks the service's
+//! wire protocol (JSON text frames, base64 audio), for tests, demos, and continuous integration
+//! without an API key or network. It was written alongside the `qwen-asr-realtime` client but
+//! does not use it: its tables (languages, formats, ranges, limits) are its own copies of the
+//! service's, so a client tested against it is checked, not agreed with.
+//!
+//! The binary of this crate, `qwen-asr-emulator`, serves it as a standalone process (it prints
+//! its URL and serves until its stdin closes; `--help` lists the options).
 //!
 //! What it does, in short:
 //! - the handshake on `/api-ws/v1/realtime?model=…`, with an optional API key check
@@ -21,7 +27,7 @@
 //! All audio is read as 16-bit little-endian mono PCM, whatever `input_audio_format` says.
 //!
 //! ```
-//! use qwen_asr_realtime::emulator::{Emulator, EmulatorConfig};
+//! use qwen_asr_emulator::{Emulator, EmulatorConfig};
 //!
 //! let emulator = Emulator::start(EmulatorConfig {
 //!     api_key: Some("sk-test".into()),
@@ -40,6 +46,11 @@
 //! Threads: one accepts connections, one serves each connection. Both block in the kernel
 //! (`poll`, `read`) while idle, and [`Emulator::shutdown`] (or dropping the [`Emulator`]) wakes
 //! and joins all of them. Threads are named `qwen-emu<N>-…` ([`Emulator::thread_name_prefix`]).
+//!
+//! Features: `native-tls` (default) serves `wss://` through the system OpenSSL
+//! ([`EmulatorConfig::tls`]); without it the emulator serves `ws://` only.
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::collections::HashMap;
 use std::fmt;
@@ -65,16 +76,18 @@ mod tests;
 pub use digest::{transcript_for, AudioDigest};
 pub use vad::speech_level_dbfs;
 
-/// The service's WebSocket path (protocol.md §1.1).
+/// The service's WebSocket path; the model is named in the query, `?model=<name>`.
 pub const PATH: &str = "/api-ws/v1/realtime";
 /// The model served when the request names none and [`EmulatorConfig::served_model`] is unset.
 pub const DEFAULT_MODEL: &str = "qwen3-asr-flash-realtime";
-/// The largest WebSocket frame the service's gateway was seen to accept (protocol.md §1.4):
-/// larger frames are closed with 1009.
+/// The largest WebSocket frame the service's gateway was seen to accept (a third party's test
+/// of the live service; the documentation's limit is 15 MiB per `audio` field): larger frames
+/// are closed with 1009.
 pub const GATEWAY_MAX_FRAME_BYTES: usize = 262_144;
 
 /// A server certificate and key for `wss://` (feature `native-tls`).
 #[cfg(feature = "native-tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "native-tls")))]
 #[derive(Clone)]
 pub struct TlsIdentity {
     /// The certificate chain, PEM. A test certificate should name `localhost` (the host in
@@ -110,6 +123,7 @@ pub struct EmulatorConfig {
     pub served_model: Option<String>,
     /// `Some`: serve `wss://` with this identity.
     #[cfg(feature = "native-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "native-tls")))]
     pub tls: Option<TlsIdentity>,
     /// The largest incoming frame or message, in bytes; larger ones are closed with 1009.
     /// Default [`GATEWAY_MAX_FRAME_BYTES`].
@@ -637,3 +651,8 @@ fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<()> {
         }
     }
 }
+
+// The README's code blocks are compiled as doc tests, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

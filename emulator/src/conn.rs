@@ -200,7 +200,7 @@ fn check_request(
         ));
     }
     if let Some(key) = &config.api_key {
-        // SDKs up to Python 1.25.10 send a lower-case "bearer" (protocol.md §1.2).
+        // The Python SDK up to 1.25.10 sends a lower-case "bearer".
         let ok = req
             .headers()
             .get_all(header::AUTHORIZATION)
@@ -518,7 +518,7 @@ impl Conn {
             },
             FaultAction::SendError { code, message } => {
                 // invalid_request_error: the class of error after which the service keeps the
-                // connection open (protocol.md §3.1), as this fault does.
+                // connection open (server_error closes it), as this fault does.
                 let e = error_event("invalid_request_error", code, message, None, None);
                 self.send(vec![e])
             }

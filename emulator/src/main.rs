@@ -1,17 +1,18 @@
-//! A standalone emulator of Qwen-ASR-Realtime on loopback, for benchmarks and manual tests.
-//! It prints its URL on stdout, then serves until stdin reaches end of file (Ctrl-D), or until
-//! Ctrl-C. Run with `--help` for the options.
+//! `qwen-asr-emulator`: the emulator as a standalone server on loopback, for benchmarks,
+//! manual tests and the CI of clients in any language. It prints its URL on stdout, then serves
+//! until stdin reaches end of file (Ctrl-D), or until Ctrl-C. Run with `--help` for the options.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
-use qwen_asr_realtime::emulator::{Emulator, EmulatorConfig};
+use qwen_asr_emulator::{Emulator, EmulatorConfig};
 
 const USAGE: &str = "\
-emulator: a local stand-in for the Qwen-ASR-Realtime service on 127.0.0.1
+qwen-asr-emulator: a local stand-in for the Qwen-ASR-Realtime service on 127.0.0.1
 
-usage: cargo run --example emulator -- [OPTIONS]
+usage: qwen-asr-emulator [OPTIONS]
+   or: cargo run -p qwen-asr-emulator -- [OPTIONS]   (in the qwen-asr-realtime workspace)
 
 Prints the URL to connect to (add ?model=NAME as for the real service), then serves
 until stdin is closed (Ctrl-D) or the process is interrupted (Ctrl-C). To run it in the
@@ -72,7 +73,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, Stri
 #[cfg(feature = "native-tls")]
 fn set_tls(config: &mut EmulatorConfig, cert: &str, key: &str) -> Result<(), String> {
     let read = |path: &str| std::fs::read(path).map_err(|e| format!("{path}: {e}"));
-    config.tls = Some(qwen_asr_realtime::emulator::TlsIdentity {
+    config.tls = Some(qwen_asr_emulator::TlsIdentity {
         cert_pem: read(cert)?,
         key_pem: read(key)?,
     });

@@ -1,11 +1,11 @@
 //! The benchmark: this client side by side with the official Python SDK, in one run, against
 //! the same loopback server, printed as one table with ratios. Run with `--help`.
 //!
-//! Every client run is a child process of this driver (`examples/bench_client.rs` for ours,
-//! `bench/python_peer.py` for the SDK's `OmniRealtimeConversation`, and the `transcribe_file`
-//! example for its peak RSS), reaped with `wait4(2)`, so its CPU and peak RSS are of a process
-//! that holds only the client. The server is the emulator (`examples/emulator.rs`), a separate
-//! process. Latency is measured against a small WebSocket peer inside this driver that
+//! Every client run is a child process of this driver (`bench_client`, src/bin/bench_client.rs,
+//! for ours, `python_peer.py` for the SDK's `OmniRealtimeConversation`, and the client's
+//! `transcribe_file` example for its peak RSS), reaped with `wait4(2)`, so its CPU and peak RSS
+//! are of a process that holds only the client. The server is the emulator crate's binary
+//! (`qwen-asr-emulator`), a separate process. Latency is measured against a small WebSocket peer inside this driver that
 //! timestamps on CLOCK_MONOTONIC, the clock both clients read (see `LatencyPeer`).
 
 use std::collections::HashMap;
@@ -24,8 +24,10 @@ const USAGE: &str = "\
 bench: qwen-asr-realtime against the official Python SDK (dashscope), on loopback
 
 usage:
-  cargo build --release --examples
-  target/release/examples/bench [OPTIONS]
+  bench/run.sh [OPTIONS]       (builds everything below, then runs the benchmark)
+or, by hand, from the workspace root:
+  cargo build --release -p qwen-asr-bench -p qwen-asr-emulator
+  target/release/bench [OPTIONS]
 
 The Python SDK is measured when `PYTHON -c 'import dashscope'` works
 (pip install dashscope, or pass --install-dashscope); otherwise only this client is.
@@ -45,7 +47,7 @@ options:
   --no-callgrind          skip the instruction counts (valgrind --tool=callgrind)
   --callgrind-python      count the Python SDK's instructions too (slow: minutes)
   --lean-dir DIR          also measure DIR/transcribe_file, built without TLS and ALSA
-                          (bench/run.sh builds it with --no-default-features)
+                          (bench/run.sh builds it with this crate's --no-default-features)
   --quick                 short runs, for trying the benchmark out (not for numbers)
   -h, --help              this text
 ";
@@ -535,7 +537,8 @@ fn event_type(json: &[u8]) -> &str {
 }
 
 fn partial_json(seq: u64) -> String {
-    // The size and shape of the service's partials (protocol.md §3).
+    // The size and shape of the service's partials: `text` (the confirmed prefix) and `stash`
+    // (the provisional rest), with `item_id`, `content_index`, `language` and `emotion`.
     format!(
         r#"{{"event_id":"event_{seq:021}","type":"conversation.item.input_audio_transcription.text","item_id":"item_{:021}","content_index":0,"language":"en","emotion":"neutral","text":"hello, this is a partial transcript","stash":" {seq}"}}"#,
         seq / 10
@@ -903,16 +906,16 @@ fn bench(o: &Options) -> Result<(), String> {
         p.exists().then_some(p).ok_or_else(|| {
             format!(
                 "{name} not found next to this program: build everything first with \
-                 `cargo build --release --examples`"
+                 `cargo build --release -p qwen-asr-bench -p qwen-asr-emulator`"
             )
         })
     };
     let (emulator_bin, client, transcribe) = (
-        bin("emulator")?,
+        bin("qwen-asr-emulator")?,
         bin("bench_client")?,
         bin("transcribe_file")?,
     );
-    let peer_py = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/python_peer.py");
+    let peer_py = Path::new(env!("CARGO_MANIFEST_DIR")).join("python_peer.py");
 
     let mut python = o.python.clone();
     if let Some(py) = &python {
@@ -1470,7 +1473,7 @@ fn bench(o: &Options) -> Result<(), String> {
         machine()
     );
     println!(
-        "Clients: qwen-asr-realtime {} (examples/bench_client.rs, release); {}",
+        "Clients: qwen-asr-realtime {} (bench_client, release); {}",
         env!("CARGO_PKG_VERSION"),
         sdk_version
             .as_deref()
@@ -1484,8 +1487,8 @@ fn bench(o: &Options) -> Result<(), String> {
             })
     );
     println!(
-        "Server: the emulator (examples/emulator.rs), its own process, ws://127.0.0.1; latency \
-         against a WebSocket peer inside examples/bench.rs. 16 kHz mono PCM, {CHUNK_MS} ms chunks. \
+        "Server: the emulator (qwen-asr-emulator), its own process, ws://127.0.0.1; latency \
+         against a WebSocket peer inside the bench driver. 16 kHz mono PCM, {CHUNK_MS} ms chunks. \
          Floor: `bench_client floor`, the same pacing and frames written straight to a raw \
          socket, no client (latency: a raw socket in the driver). Streaming rows (ours, the \
          SDK's, the floor's): the median of {} interleaved rounds.",
