@@ -24,6 +24,8 @@ pub mod resample;
 
 #[cfg(feature = "emulator")]
 pub mod emulator;
+#[cfg(feature = "opus")]
+pub mod opus;
 
 pub use callback::{Callback, CallbackThread};
 #[cfg(feature = "alsa")]
