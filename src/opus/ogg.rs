@@ -95,6 +95,12 @@ impl PageBuilder {
         }
     }
 
+    /// Makes room for pages of up to `body_bytes` of packets, so that they do not allocate.
+    pub fn reserve(&mut self, body_bytes: usize) {
+        self.body
+            .reserve(body_bytes.saturating_sub(self.body.len()));
+    }
+
     /// The sequence number the next page will get.
     pub fn next_sequence(&self) -> u32 {
         self.sequence

@@ -254,12 +254,20 @@ impl OpusStream {
             flags,
         };
 
+        // The largest page the settings allow, reserved now so that the first loud passage
+        // does not allocate on the audio path.
+        let frames_per_page = config.page_ms / config.frame_ms;
+        let max_body = frames_per_page as usize * MAX_PACKET_BYTES;
+        pages.reserve(max_body);
+        let out =
+            Vec::with_capacity(super::ogg::HEADER_BYTES + super::ogg::MAX_SEGMENTS + max_body);
+
         Ok(OpusStream {
             encoder,
             sample_rate,
             serial,
             frame_samples,
-            frames_per_page: config.page_ms / config.frame_ms,
+            frames_per_page,
             frame_granule: (frame_samples * ratio) as u64,
             pre_skip,
             lookahead,
@@ -275,8 +283,8 @@ impl OpusStream {
                 header_span(head_end, head_end + tags_len, 0),
             ],
             headers,
-            out: Vec::new(),
-            spans: Vec::new(),
+            out,
+            spans: Vec::with_capacity(4),
             finished: false,
         })
     }
