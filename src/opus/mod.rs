@@ -56,7 +56,9 @@
 //! # The encoder
 //!
 //! libopus 1.6 (the reference implementation), built from source and linked statically: the
-//! device needs no libopus, the build machine needs cmake and a C compiler for the target.
+//! device needs no libopus, the build machine needs cmake and a C compiler for the target. On
+//! 32-bit ARM without NEON as a target feature (the armv7 and ARMv6 Raspberry Pi targets) it is
+//! built without intrinsics: its cmake build of the NEON files fails there.
 //! Measured on the speech fixture at the defaults (x86-64, release): about 46 M instructions
 //! and 5 ms of CPU per audio second.
 
