@@ -450,12 +450,14 @@ impl OggOpusReader {
         let audio_48k = granule.checked_sub(pre_skip).ok_or(ReadError::Header(
             "final granule position below the pre-skip",
         ))?;
-        let keep = (audio_48k * u64::from(self.output_rate) / GRANULE_RATE_HZ) as usize;
-        if keep > self.pcm.len() {
-            // A final granule beyond the decoded audio is an error in RFC 7845 (section 4.5).
+        // In u128: the granule is the peer's number, and may be anything up to 2^64 - 1.
+        let keep =
+            u128::from(audio_48k) * u128::from(self.output_rate) / u128::from(GRANULE_RATE_HZ);
+        if keep > self.pcm.len() as u128 {
+            // Claiming more audio than the packets hold: refused here, as a strict server would.
             return Err(ReadError::Header("final granule position beyond the audio"));
         }
-        self.pcm.truncate(keep);
+        self.pcm.truncate(keep as usize);
         Ok(())
     }
 }
@@ -494,14 +496,17 @@ fn parse_tags(p: &[u8]) -> Result<String, ReadError> {
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     };
     let vendor_len = u32_at(8)?;
-    let vendor = p.get(12..12 + vendor_len).ok_or(BAD)?;
+    let mut at = 12usize.checked_add(vendor_len).ok_or(BAD)?;
+    let vendor = p.get(12..at).ok_or(BAD)?;
     let vendor = String::from_utf8(vendor.to_vec()).map_err(|_| BAD)?;
-    let mut at = 12 + vendor_len;
     let comments = u32_at(at)?;
     at += 4;
     for _ in 0..comments {
         let len = u32_at(at)?;
-        at = at.checked_add(4 + len).ok_or(BAD)?;
+        at = at
+            .checked_add(4)
+            .and_then(|a| a.checked_add(len))
+            .ok_or(BAD)?;
         if at > p.len() {
             return Err(BAD);
         }
