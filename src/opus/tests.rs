@@ -60,8 +60,33 @@ fn run_tool(program: &str, args: &[&std::ffi::OsStr]) {
     );
 }
 
-/// Decodes an Ogg Opus file with the reference decoder at `rate` Hz.
+/// Checks a file with opusinfo (opus-tools), which warns about sequence gaps, holes, CRC
+/// errors and granule positions that disagree with the packets' sample counts.
+fn opusinfo_is_clean(file: &Path) {
+    let out = Command::new("opusinfo")
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run opusinfo ({e}): install Debian's opus-tools"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "opusinfo failed:\n{text}");
+    assert!(
+        !text.contains("WARNING") && !text.contains("ERROR"),
+        "opusinfo complains:\n{text}"
+    );
+    assert!(
+        text.contains("Playback length"),
+        "opusinfo found no stream:\n{text}"
+    );
+}
+
+/// Decodes an Ogg Opus file with the reference decoder at `rate` Hz, after checking it with
+/// opusinfo.
 fn opusdec(file: &Path, rate: u32) -> Vec<i16> {
+    opusinfo_is_clean(file);
     let wav = file.with_extension("dec.wav");
     let rate_arg = rate.to_string();
     run_tool(
