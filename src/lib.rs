@@ -31,6 +31,8 @@ pub mod resample;
 pub mod __fuzz {
     pub use crate::replay::{Accounting, FrameAudio, Replay};
 }
+#[cfg(feature = "opus")]
+pub mod opus;
 
 pub use callback::{Callback, CallbackThread};
 #[cfg(feature = "alsa")]
