@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use qwen_asr_realtime::event::write_append_json;
+use qwen_asr_realtime::__fuzz::write_append_json;
+use qwen_asr_realtime::audio::wav::WavReader;
 use qwen_asr_realtime::opus::{OpusConfig, OpusStream};
-use qwen_asr_realtime::wav::WavReader;
 
 const USAGE: &str = "\
 opus_bench: Ogg Opus against PCM for the uplink, on one WAV file (16 kHz mono 16-bit)

@@ -6,7 +6,7 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use qwen_asr_realtime::wav::WavReader;
+use qwen_asr_realtime::audio::wav::WavReader;
 use qwen_asr_realtime::Conversation;
 
 const USAGE: &str = "\

@@ -6,9 +6,9 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 
-use crate::conversation::Conversation;
+use crate::client::Conversation;
 use crate::error::{Error, Result};
-use crate::event::{Event, EventKind};
+use crate::protocol::{Event, EventKind};
 
 /// The SDKs' callback interface. Calls come one at a time, in event order, on one thread.
 pub trait Callback: Send + 'static {

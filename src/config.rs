@@ -518,7 +518,7 @@ impl ConnectParams {
             });
         }
         // Room for the append event's envelope plus at least one sample.
-        let min = crate::event::APPEND_OVERHEAD_BYTES + 8;
+        let min = crate::protocol::APPEND_OVERHEAD_BYTES + 8;
         if self.max_frame_bytes < min {
             return Err(Error::InvalidConfig {
                 field: "max_frame_bytes",
@@ -725,7 +725,7 @@ impl SessionConfig {
     /// (protocol.md §2.1), so the service sees what it sees from the SDKs: `modalities`,
     /// `voice: null` and `output_audio_format` are Omni leftovers the SDKs always send, and
     /// `prefix_padding_ms: 300` is the SDKs' constant.
-    pub fn to_update_json(&self, event_id: &str) -> String {
+    pub(crate) fn to_update_json(&self, event_id: &str) -> String {
         #[derive(Serialize)]
         struct Update<'a> {
             event_id: &'a str,

@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
-use crate::event::ServerError;
+use crate::protocol::ServerError;
 
 /// The phase of a conversation in which a timeout fired. Each has its own field in
 /// [`Timeouts`](crate::Timeouts), named in the error so the right knob can be turned.

@@ -3,50 +3,53 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod arena;
+pub mod audio;
 pub mod callback;
-pub mod config;
-pub mod conversation;
-pub mod error;
-pub mod event;
-mod io_thread;
-mod link;
-mod proxy;
-mod replay;
-mod sys;
-#[cfg(feature = "native-tls")]
-mod tls;
-pub mod transport;
-mod wake;
-pub mod wav;
-
 #[cfg(feature = "alsa")]
 #[cfg_attr(docsrs, doc(cfg(feature = "alsa")))]
 pub mod capture;
-pub mod resample;
+mod client;
+pub mod config;
+pub mod error;
+mod io;
+mod net;
+#[cfg(feature = "opus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opus")))]
+pub mod opus;
+mod protocol;
+mod sys;
 
-/// Crate-private parts that the fuzz targets drive: not a public API.
+/// Crate-private parts that the fuzz targets and the benchmark drive: not a public API, and
+/// only there with the `fuzzing` feature.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod __fuzz {
-    pub use crate::replay::{Accounting, FrameAudio, Replay};
+    pub use crate::io::replay::{Accounting, FrameAudio, Replay};
+
+    /// An `input_audio_buffer.append` frame for `pcm`, as this library writes it.
+    pub fn write_append_json(out: &mut String, pcm: &[u8]) {
+        crate::protocol::write_append_json(out, pcm)
+    }
+
+    /// The `session.update` text this library sends for `config`.
+    pub fn session_update_json(config: &crate::SessionConfig, event_id: &str) -> String {
+        config.to_update_json(event_id)
+    }
 }
-#[cfg(feature = "opus")]
-pub mod opus;
 
 pub use callback::{Callback, CallbackThread};
 #[cfg(feature = "alsa")]
 #[cfg_attr(docsrs, doc(cfg(feature = "alsa")))]
 pub use capture::{Capture, CaptureConfig};
+pub use client::{AudioSender, Conversation, Stats};
 pub use config::{
     ApiKey, AudioFormat, ConnectParams, Keepalive, Proxy, ReconnectPolicy, SessionConfig, Timeouts,
     TurnDetection,
 };
-pub use conversation::{AudioSender, Conversation, Stats};
 pub use error::{Error, Phase, Result, TryAppendError};
 
 // The README's code blocks are compiled as doc tests, so they cannot rot.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
-pub use event::{Completed, Event, EventKind, Failed, Partial, ServerError, Session, Usage};
+pub use protocol::{Completed, Event, EventKind, Failed, Partial, ServerError, Session, Usage};

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::Duration;
 
 use qwen_asr_emulator::{AudioDigest, Emulator, EmulatorConfig};
+use qwen_asr_realtime::audio::resample::Resampler;
 use qwen_asr_realtime::capture::{AudioSink, Capture, CaptureConfig, SampleFormat};
-use qwen_asr_realtime::resample::Resampler;
 use qwen_asr_realtime::{
     AudioSender, ConnectParams, Conversation, Error, EventKind, SessionConfig, TryAppendError,
 };

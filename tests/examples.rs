@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{le_bytes, start_emulator, utterances};
 use qwen_asr_emulator::{EmulatorConfig, Fault, FaultAction};
-use qwen_asr_realtime::wav;
+use qwen_asr_realtime::audio::wav;
 
 /// A child that takes longer than this is killed and the test fails. Generous: under qemu an
 /// example's start-up alone takes seconds.

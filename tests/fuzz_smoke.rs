@@ -10,7 +10,7 @@ use harness::{
     replay_seeds, wav_seeds, TrackingAlloc, EVENT_SEEDS, EVENT_TYPES,
 };
 
-use qwen_asr_realtime::wav::WavReader;
+use qwen_asr_realtime::audio::wav::WavReader;
 use qwen_asr_realtime::Event;
 
 #[global_allocator]

@@ -295,7 +295,7 @@ fn reap(child: &Child) -> Result<(i32, libc::rusage), String> {
 fn write_speech_wav(path: &Path, secs: u32) -> std::io::Result<()> {
     let total = u64::from(secs) * u64::from(SAMPLE_RATE);
     let mut w = BufWriter::new(File::create(path)?);
-    w.write_all(&qwen_asr_realtime::wav::header(
+    w.write_all(&qwen_asr_realtime::audio::wav::header(
         SAMPLE_RATE,
         1,
         (total * 2) as u32,

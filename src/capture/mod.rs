@@ -4,12 +4,12 @@
 //! from the user's asoundrc), negotiates interleaved S16_LE (S32_LE if that is all the
 //! device has) at the session's rate and mono, and runs a thread named `qwen-capture` that
 //! reads one period at a time and hands fixed-size chunks to an [`AudioSink`], usually a
-//! conversation's [`AudioSender`](crate::conversation::AudioSender).
+//! conversation's [`AudioSender`](crate::client::AudioSender).
 //!
 //! - **Devices that cannot do the session's rate or mono** (many USB microphones only offer
 //!   44.1 or 48 kHz, some only stereo): the device runs at its own rate and channel count
 //!   and the thread downmixes and resamples with a proper low-pass filter
-//!   ([`crate::resample`]). ALSA's own `plug` conversion is switched off by default for the
+//!   ([`crate::audio::resample`]). ALSA's own `plug` conversion is switched off by default for the
 //!   same reason ([`CaptureConfig::alsa_conversion`]). What was negotiated is in
 //!   [`Capture::negotiated`].
 //! - **Never waiting on the network**: between the device and the sink is a bounded queue
@@ -57,9 +57,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use crate::audio::resample::Resampler;
 use crate::error::{Error, Result, TryAppendError};
-use crate::event::EventKind;
-use crate::resample::Resampler;
+use crate::protocol::EventKind;
 
 use device::{AlsaSource, Source};
 
@@ -70,7 +70,7 @@ pub const THREAD_NAME: &str = "qwen-capture";
 pub const SESSION_RATES_HZ: [u32; 2] = [16_000, 8_000];
 
 /// Where captured audio goes: usually a conversation's
-/// [`AudioSender`](crate::conversation::AudioSender).
+/// [`AudioSender`](crate::client::AudioSender).
 ///
 /// Both methods are called from the capture thread and must not wait (on the network or
 /// anything else): a capture thread that waits misses its periods and the device overruns.
@@ -91,7 +91,7 @@ pub trait AudioSink: Send + 'static {
 
 /// A conversation's sender takes chunks without waiting (`try_append_pcm`) and reports
 /// [`TryAppendError::Full`] when its outgoing queue is full.
-impl AudioSink for crate::conversation::AudioSender {
+impl AudioSink for crate::client::AudioSender {
     fn try_append(&self, samples: &[i16]) -> std::result::Result<(), TryAppendError> {
         self.try_append_pcm(samples)
     }
@@ -101,7 +101,7 @@ impl AudioSink for crate::conversation::AudioSender {
     }
 }
 
-impl crate::conversation::Conversation {
+impl crate::client::Conversation {
     /// Starts capturing from a microphone into this conversation, at the session's rate
     /// (`config.sample_rate` is replaced by it). The capture runs until
     /// [`Capture::stop`], until the [`Capture`] is dropped, until the conversation closes,
@@ -169,7 +169,7 @@ pub struct CaptureConfig {
     /// The ALSA PCM name (`arecord -L` lists them). Default `default`.
     pub device: String,
     /// The rate the sink gets, in Hz: the session's, 16000 or 8000. Default 16000.
-    /// [`Conversation::stream_from_microphone`](crate::conversation::Conversation::stream_from_microphone)
+    /// [`Conversation::stream_from_microphone`](crate::client::Conversation::stream_from_microphone)
     /// sets it from the session.
     pub sample_rate: u32,
     /// Samples handed to the sink per call, in milliseconds of audio: 20 to 500. Default 100
@@ -326,7 +326,7 @@ impl CaptureConfig {
                 "capture.device_channels",
                 c,
                 1,
-                crate::resample::MAX_CHANNELS,
+                crate::audio::resample::MAX_CHANNELS,
                 "channels",
             )?;
         }

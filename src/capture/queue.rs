@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use crate::event::EventKind;
+use crate::protocol::EventKind;
 
 /// Why audio the capture had was dropped (the `reason` of `AudioDropped`).
 pub(crate) const DROP_REASON_QUEUE_FULL: &str =

@@ -8,9 +8,9 @@ use std::time::Duration;
 use super::device::{Read, Source};
 use super::queue::{ChunkQueue, Pending};
 use super::{AudioSink, Shared};
+use crate::audio::resample::Resampler;
 use crate::error::{Error, TryAppendError};
-use crate::event::EventKind;
-use crate::resample::Resampler;
+use crate::protocol::EventKind;
 
 /// The `reason` of the `AudioDropped` sent for audio still queued when the capture ends.
 const DROP_REASON_ENDED: &str = "capture ended while the conversation's queue was full";

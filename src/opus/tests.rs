@@ -11,7 +11,7 @@ use std::process::Command;
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/audio/hello_16k.wav");
 
 fn fixture() -> Vec<i16> {
-    let mut r = crate::wav::WavReader::open(FIXTURE).expect("open fixture");
+    let mut r = crate::audio::wav::WavReader::open(FIXTURE).expect("open fixture");
     assert_eq!(r.spec().sample_rate, 16_000);
     let mut pcm = vec![0i16; r.len_samples().expect("length") as usize];
     let mut at = 0;
@@ -99,7 +99,7 @@ fn opusdec(file: &Path, rate: u32) -> Vec<i16> {
             wav.as_os_str(),
         ],
     );
-    let mut r = crate::wav::WavReader::open(&wav).expect("opusdec wrote a WAV");
+    let mut r = crate::audio::wav::WavReader::open(&wav).expect("opusdec wrote a WAV");
     assert_eq!(r.spec().sample_rate, rate);
     assert_eq!(r.spec().channels, 1);
     let mut pcm = Vec::new();

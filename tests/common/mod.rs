@@ -41,7 +41,7 @@ pub fn digest(samples: &[i16]) -> AudioDigest {
 /// The PCM bytes of the WAV shipped for the README's main command.
 pub fn shipped_wav_pcm() -> Vec<u8> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/audio/hello_16k.wav");
-    let mut r = qwen_asr_realtime::wav::WavReader::open(path).expect("shipped WAV");
+    let mut r = qwen_asr_realtime::audio::wav::WavReader::open(path).expect("shipped WAV");
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {

@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::io::{self, Read};
 use std::rc::Rc;
 
-use qwen_asr_realtime::wav::{self, WavError, WavReader};
+use qwen_asr_realtime::audio::wav::{self, WavError, WavReader};
 use qwen_asr_realtime::{Event, EventKind};
 use serde_json::Value;
 
@@ -1066,7 +1066,7 @@ pub fn check_replay(data: &[u8]) {
                 let audio: Vec<u8> = (sent.len()..sent.len() + samples * 2)
                     .map(audio_byte)
                     .collect();
-                qwen_asr_realtime::event::write_append_json(&mut text, &audio);
+                qwen_asr_realtime::__fuzz::write_append_json(&mut text, &audio);
                 r.audio(
                     text.as_str().into(),
                     FrameAudio::Pcm {
@@ -1094,7 +1094,7 @@ pub fn check_replay(data: &[u8]) {
                 };
                 let bytes = 1 + usize::from(input.u8());
                 let audio: Vec<u8> = (sent.len()..sent.len() + bytes).map(audio_byte).collect();
-                qwen_asr_realtime::event::write_append_json(&mut text, &audio);
+                qwen_asr_realtime::__fuzz::write_append_json(&mut text, &audio);
                 r.audio(text.as_str().into(), FrameAudio::Coded { duration_us });
                 frames.push(ModelFrame {
                     byte_start: sent.len(),

@@ -23,7 +23,7 @@ use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use qwen_asr_realtime::wav::WavReader;
+use qwen_asr_realtime::audio::wav::WavReader;
 use qwen_asr_realtime::{ConnectParams, Conversation, EventKind, SessionConfig};
 
 const CHUNK_MS: u64 = 100;
@@ -276,15 +276,16 @@ fn floor(url: &str, path: &str, realtime: bool, cpu_start: u64) -> String {
         let mut sink = vec![0u8; 16 * 1024];
         while matches!(rx.read(&mut sink), Ok(n) if n > 0) {}
     });
-    let update = SessionConfig::vad()
-        .sample_rate(16000)
-        .to_update_json("event_floor_update");
+    let update = qwen_asr_realtime::__fuzz::session_update_json(
+        &SessionConfig::vad().sample_rate(16000),
+        "event_floor_update",
+    );
     s.write_all(&client_frame(1, update.as_bytes()))
         .unwrap_or_else(|e| die("write", e));
     // One frame, built once: what a client must put on the wire per chunk.
     let n = wav.read_bytes(&mut buf).unwrap_or_else(|e| die(path, e));
     let mut json = String::new();
-    qwen_asr_realtime::event::write_append_json(&mut json, &buf[..n]);
+    qwen_asr_realtime::__fuzz::write_append_json(&mut json, &buf[..n]);
     let append = client_frame(1, json.as_bytes());
     let mut chunks = 1u64;
     let mut audio_bytes = n as u64;

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 
 use tungstenite::Utf8Bytes;
 
-use crate::event::EventKind;
+use crate::protocol::EventKind;
 
 const NS_PER_MS: u64 = 1_000_000;
 const NS_PER_US: u64 = 1_000;
@@ -465,7 +465,7 @@ impl Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{write_append_json, Completed};
+    use crate::protocol::{write_append_json, Completed};
 
     /// 16 kHz PCM.
     fn pcm(bytes: u64) -> FrameAudio {

@@ -1,6 +1,8 @@
 //! The few system calls the standard library lacks, each checked and wrapped (the crate's
 //! only `unsafe` on sockets), and the one `lock` helper.
 
+pub(crate) mod wake;
+
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::RawFd;

@@ -12,7 +12,7 @@
 use bytes::{Bytes, BytesMut};
 use tungstenite::Utf8Bytes;
 
-use crate::event::{fill_append, AppendAudio};
+use crate::protocol::{fill_append, AppendAudio};
 
 /// 64 KiB: fifteen 100 ms frames of 16 kHz PCM (4,367 bytes each). One allocation of it now
 /// and then, and at most this much held beyond the frames still in use.
@@ -85,7 +85,7 @@ mod tests {
             let audio = pcm(n);
             let frame = arena.frame(AppendAudio::Pcm(&audio));
             let mut expected = String::new();
-            crate::event::write_append_json(&mut expected, &audio);
+            crate::protocol::write_append_json(&mut expected, &audio);
             // Equal but for the random event id.
             assert_eq!(frame.len(), expected.len(), "{n} bytes");
             assert_eq!(frame[51..], expected[51..], "{n} bytes");
@@ -124,7 +124,7 @@ mod tests {
             .collect();
         for (audio, frame) in &held {
             let mut expected = String::new();
-            crate::event::write_append_json(&mut expected, audio);
+            crate::protocol::write_append_json(&mut expected, audio);
             assert_eq!(frame[51..], expected[51..]);
         }
     }

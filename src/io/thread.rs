@@ -18,15 +18,15 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Bytes, Message, Utf8Bytes};
 
+use crate::client::{Command, Reply, Shared};
 use crate::config::{ApiKey, ConnectParams};
-use crate::conversation::{Command, Reply, Shared};
 use crate::error::Error;
-use crate::event::{self, Event, EventKind, Session};
-use crate::link::Link;
-use crate::replay::Replay;
+use crate::io::link::Link;
+use crate::io::replay::Replay;
+use crate::net::{self, Opened, Socket};
+use crate::protocol::{self, Event, EventKind, Session};
 use crate::sys::lock;
-use crate::transport::{self, Opened, Socket};
-use crate::wake::Wake;
+use crate::sys::wake::Wake;
 
 /// How long we wait for the peer to answer our close frame before dropping the socket.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
@@ -793,7 +793,7 @@ impl IoThread {
             if self.sleep_unless_closed(jittered(policy.backoff(attempt), policy.jitter)) {
                 return Some((code, reason.to_owned()));
             }
-            let result = transport::open(&self.params, &self.key, Some(&self.shared.cancel))
+            let result = net::open(&self.params, &self.key, Some(&self.shared.cancel))
                 .and_then(|opened| self.resume(st, opened));
             match result {
                 Ok(replayed_ms) => {
@@ -926,11 +926,11 @@ impl IoThread {
         }
         let (frames, replayed_ms) = link.replay.start_session();
         for frame in frames {
-            let text = frame.unwrap_or_else(|| event::commit_json().0.into());
+            let text = frame.unwrap_or_else(|| protocol::commit_json().0.into());
             socket.write(Message::Text(text)).map_err(ws_error)?;
         }
         if st.finish_sent {
-            let (text, event_id) = event::finish_json();
+            let (text, event_id) = protocol::finish_json();
             if let Some((id, _)) = &mut st.waiters.finish {
                 *id = event_id;
             }

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use tungstenite::{Message, Utf8Bytes};
 
-use crate::replay::{FrameAudio, Replay};
-use crate::transport::Socket;
+use crate::io::replay::{FrameAudio, Replay};
+use crate::net::Socket;
 
 pub(crate) struct Link {
     pub socket: Socket,
@@ -154,7 +154,7 @@ mod tests {
     use tungstenite::WebSocket;
 
     use super::Link;
-    use crate::replay::Replay;
+    use crate::io::replay::Replay;
 
     fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -162,7 +162,7 @@ mod tests {
         (client, server)
     }
 
-    fn socket(tcp: &TcpStream) -> crate::transport::Socket {
+    fn socket(tcp: &TcpStream) -> crate::net::Socket {
         WebSocket::from_raw_socket(
             MaybeTlsStream::Plain(tcp.try_clone().unwrap()),
             Role::Client,
@@ -189,7 +189,7 @@ mod tests {
             a_server.local_addr().unwrap(),
             "the handle names the connection it was taken from"
         );
-        assert!(crate::link::wait_writable(
+        assert!(crate::io::link::wait_writable(
             &handle,
             std::time::Duration::from_millis(10)
         ));

@@ -21,10 +21,10 @@ use tungstenite::{Message, WebSocket};
 
 use crate::config::{ApiKey, ConnectParams};
 use crate::error::{Error, Phase, Result};
-use crate::event::{Event, EventKind};
-use crate::proxy;
+use crate::net::proxy;
+use crate::protocol::{Event, EventKind};
 use crate::sys::lock;
-use crate::wake::Wake;
+use crate::sys::wake::Wake;
 
 /// The socket type the I/O thread owns.
 pub(crate) type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
@@ -479,7 +479,7 @@ fn wrap_tls(
     }
     #[cfg(feature = "native-tls")]
     {
-        let connector = crate::tls::connector(params)?;
+        let connector = crate::net::tls::connector(params)?;
         match connector.connect(&target.host, tcp) {
             Ok(s) => Ok(MaybeTlsStream::NativeTls(s)),
             Err(native_tls::HandshakeError::Failure(e)) => Err(Error::Tls(e.to_string())),

@@ -17,7 +17,7 @@
 //! first calls no call allocates (the output `Vec` is the caller's and can be reused).
 //!
 //! ```
-//! use qwen_asr_realtime::resample::Resampler;
+//! use qwen_asr_realtime::audio::resample::Resampler;
 //!
 //! // 10 ms of 48 kHz stereo in, 10 ms of 16 kHz mono out (less the filter's delay at first).
 //! let mut r = Resampler::new(48_000, 2, 16_000)?;

@@ -12,16 +12,16 @@ use crossbeam_channel::{
 };
 use tungstenite::Utf8Bytes;
 
-use crate::arena::FrameArena;
 use crate::config::{ApiKey, AudioFormat, ConnectParams, SessionConfig};
 use crate::error::{Error, Phase, Result, TryAppendError};
-use crate::event::{self, AppendAudio, Event, EventKind, Session, APPEND_OVERHEAD_BYTES};
-use crate::io_thread::IoThread;
-use crate::link::Link;
-use crate::replay::Replay;
+use crate::io::arena::FrameArena;
+use crate::io::link::Link;
+use crate::io::replay::Replay;
+use crate::io::thread::IoThread;
+use crate::net;
+use crate::protocol::{self, AppendAudio, Event, EventKind, Session, APPEND_OVERHEAD_BYTES};
 use crate::sys::lock;
-use crate::transport;
-use crate::wake::Wake;
+use crate::sys::wake::Wake;
 
 pub(crate) type Reply<T> = Sender<Result<T>>;
 
@@ -84,7 +84,7 @@ pub(crate) struct Shared {
     pub closed: AtomicBool,
     /// The caller asked to close: a reconnect in progress gives up, and a connection being
     /// opened is stopped at once.
-    pub cancel: transport::Cancel,
+    pub cancel: net::Cancel,
     /// Senders between their `closed` check and the end of their send; the I/O thread waits
     /// for zero before counting what is left in the queue, so no audio is lost uncounted.
     pub senders_in_flight: AtomicUsize,
@@ -172,12 +172,12 @@ impl Shared {
     /// How the replay window counts a frame of `bytes` of audio. Opus's duration cannot be
     /// known from its size; until it is, Opus bytes count as PCM bytes would, which keeps the
     /// window's memory bounded, and Opus frames are replayed whole.
-    pub(crate) fn frame_audio(&self, bytes: u64) -> crate::replay::FrameAudio {
+    pub(crate) fn frame_audio(&self, bytes: u64) -> crate::io::replay::FrameAudio {
         let sample_rate = self.sample_rate.load(Ordering::Relaxed);
         if self.pcm.load(Ordering::Relaxed) {
-            crate::replay::FrameAudio::Pcm { bytes, sample_rate }
+            crate::io::replay::FrameAudio::Pcm { bytes, sample_rate }
         } else {
-            crate::replay::FrameAudio::Coded {
+            crate::io::replay::FrameAudio::Coded {
                 duration_us: bytes.saturating_mul(500_000) / u64::from(sample_rate.max(1)),
             }
         }
@@ -276,7 +276,7 @@ impl Shared {
             return Err(Error::EmptyCommit);
         }
         self.enqueue_unordered(Command::Commit {
-            text: event::commit_json().0,
+            text: protocol::commit_json().0,
         })?;
         self.appended_since_commit.store(0, Ordering::SeqCst);
         Ok(())
@@ -445,7 +445,7 @@ impl Shared {
                 // and a bare descriptor number could by then name another file.
                 let socket = link.poll_handle();
                 drop(link);
-                waited = crate::link::wait_writable(&socket, ROOM_WAIT);
+                waited = crate::io::link::wait_writable(&socket, ROOM_WAIT);
                 lock(&shared_link).room_waiters -= 1;
                 continue;
             }
@@ -494,7 +494,7 @@ fn base64_decoded_len(b64: &str) -> Result<usize> {
             b.len()
         )));
     }
-    let pad = event::base64_padding(b64);
+    let pad = protocol::base64_padding(b64);
     let body = &b[..b.len() - pad];
     if let Some(i) = body
         .iter()
@@ -636,7 +636,7 @@ impl Conversation {
             Some(k) => k.clone(),
             None => ApiKey::from_env()?,
         };
-        let opened = transport::open(&params, &key, None)?;
+        let opened = net::open(&params, &key, None)?;
         let wake = Wake::new()
             .map(Arc::new)
             .map_err(|e| Error::Internal(format!("wake-up handle: {e}")))?;
@@ -657,7 +657,7 @@ impl Conversation {
             wake: Arc::clone(&wake),
             wake_pending: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            cancel: transport::Cancel::new(Arc::clone(&wake)),
+            cancel: net::Cancel::new(Arc::clone(&wake)),
             senders_in_flight: AtomicUsize::new(0),
             session_id: Mutex::new(None),
             peer_close: Mutex::new(None),
@@ -727,7 +727,7 @@ impl Conversation {
     pub fn update_session(&self, config: &SessionConfig) -> Result<Session> {
         config.validate()?;
         let (tx, rx) = bounded(1);
-        let event_id = event::new_event_id();
+        let event_id = protocol::new_event_id();
         let text = config.to_update_json(&event_id);
         self.shared.enqueue(Command::Update {
             text,
@@ -744,7 +744,7 @@ impl Conversation {
     /// before `session.updated` arrives may be taken with the old settings.
     pub fn update_session_async(&self, config: &SessionConfig) -> Result<()> {
         config.validate()?;
-        let event_id = event::new_event_id();
+        let event_id = protocol::new_event_id();
         let text = config.to_update_json(&event_id);
         self.shared.enqueue(Command::Update {
             text,
@@ -815,7 +815,7 @@ impl Conversation {
     /// thread. The events, ending with `client.closed`, stay readable.
     pub fn end_session(&self, timeout: Duration) -> Result<()> {
         let (tx, rx) = bounded(1);
-        let (text, event_id) = event::finish_json();
+        let (text, event_id) = protocol::finish_json();
         self.shared.enqueue(Command::Finish {
             text,
             event_id,
@@ -841,7 +841,7 @@ impl Conversation {
     /// Sends `session.finish` and returns; `session.finished` arrives as an event, after which
     /// [`close`](Self::close).
     pub fn end_session_async(&self) -> Result<()> {
-        let (text, event_id) = event::finish_json();
+        let (text, event_id) = protocol::finish_json();
         self.shared.enqueue(Command::Finish {
             text,
             event_id,
