@@ -4,10 +4,10 @@
 
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, select, Receiver, Sender};
+use crossbeam_channel::{bounded, select, Sender};
 
-use crate::client::Conversation;
 use crate::error::{Error, Result};
+use crate::events::Events;
 use crate::protocol::{Event, EventKind};
 
 /// The SDKs' callback interface. Calls come one at a time, in event order, on one thread.
@@ -24,6 +24,8 @@ pub trait Callback: Send + 'static {
 
 /// The thread running a [`Callback`]. Dropping it stops the callbacks (after the one in
 /// progress) and joins the thread.
+#[must_use = "dropping the handle stops the callbacks"]
+#[derive(Debug)]
 pub struct CallbackThread {
     stop: Option<Sender<()>>,
     handle: Option<JoinHandle<()>>,
@@ -31,7 +33,7 @@ pub struct CallbackThread {
 
 impl CallbackThread {
     /// Starts calling `callback` with the events from `events`.
-    pub fn spawn(events: Receiver<Event>, mut callback: impl Callback) -> Result<CallbackThread> {
+    pub fn spawn(events: Events, mut callback: impl Callback) -> Result<CallbackThread> {
         let (stop_tx, stop_rx) = bounded::<()>(1);
         let handle = std::thread::Builder::new()
             .name("qwen-asr-callback".into())
@@ -39,13 +41,13 @@ impl CallbackThread {
                 callback.on_open();
                 loop {
                     let event = select! {
-                        recv(events) -> e => match e { Ok(e) => e, Err(_) => break },
+                        recv(events.receiver()) -> e => match e { Ok(e) => e, Err(_) => break },
                         recv(stop_rx) -> _ => break,
                     };
                     if let EventKind::Closed { code, reason } = &event.kind {
                         if *code != 1000 {
-                            callback.on_error(&Error::ConnectionClosed {
-                                code: *code,
+                            callback.on_error(&Error::Closed {
+                                code: Some(*code),
                                 reason: reason.clone(),
                             });
                         }
@@ -83,13 +85,5 @@ impl Drop for CallbackThread {
                 log::error!("a callback panicked");
             }
         }
-    }
-}
-
-impl Conversation {
-    /// Runs `callback` on a thread of ours with this conversation's events, as the official
-    /// SDKs do. Keep the returned handle: dropping it stops the callbacks.
-    pub fn spawn_callback(&self, callback: impl Callback) -> Result<CallbackThread> {
-        CallbackThread::spawn(self.events(), callback)
     }
 }

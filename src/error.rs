@@ -73,8 +73,9 @@ pub enum Error {
         /// The underlying error.
         source: io::Error,
     },
-    /// TLS could not be set up (bad root certificate, handshake failure, unverifiable certificate).
-    Tls(String),
+    /// TLS could not be set up (bad root certificate, handshake failure, unverifiable
+    /// certificate); the TLS library's error is the [`source`](std::error::Error::source).
+    Tls(Cause),
     /// The server refused the API key during the handshake (HTTP 401 or 403).
     Authentication {
         /// The HTTP status.
@@ -94,8 +95,9 @@ pub enum Error {
         /// (lossy UTF-8): which schemes it accepts. Only Basic is sent.
         response: String,
     },
-    /// The WebSocket handshake failed for another reason (other HTTP status, protocol error).
-    Handshake(String),
+    /// The WebSocket handshake failed for another reason (other HTTP status, protocol error);
+    /// the WebSocket library's error, if one, is the [`source`](std::error::Error::source).
+    Handshake(Cause),
     /// The server answered with a session for a different model than the one asked for. The
     /// service silently serves another model for a misspelled name.
     ModelMismatch {
@@ -117,15 +119,18 @@ pub enum Error {
     CommitInVadMode,
     /// `commit` with no audio appended since the last commit.
     EmptyCommit,
-    /// The conversation is closed (by `close`, `end_session`, or the peer); nothing was sent.
-    Closed,
-    /// The connection ended while waiting for a reply.
-    ConnectionClosed {
-        /// The close code the peer sent, if any (1006 when the socket just ended).
-        code: u16,
-        /// The close reason.
+    /// The conversation is closed (by `close`, `end_session`, or the peer), or the connection
+    /// closed while a request waited for its reply; nothing more was sent.
+    Closed {
+        /// The close code of the connection's end, when it is known (1006 when the socket just
+        /// ended); `None` when the conversation had been closed before this call.
+        code: Option<u16>,
+        /// The close reason, if any.
         reason: String,
     },
+    /// [`Conversation::take_events`](crate::Conversation::take_events) was called before: the
+    /// event stream has one consumer, and it is taken.
+    EventsTaken,
     /// A local resource could not be set up (thread, wake-up socket).
     Internal(String),
     /// ALSA capture failed (feature `alsa`).
@@ -160,7 +165,7 @@ impl fmt::Display for Error {
                 phase.field()
             ),
             Error::Io { phase, source } => write!(f, "I/O error during {}: {source}", phase.field()),
-            Error::Tls(m) => write!(f, "TLS error: {m}"),
+            Error::Tls(c) => write!(f, "TLS error: {c}"),
             Error::Authentication { status, body } => write!(
                 f,
                 "authentication failed (HTTP {status}): check the API key and that it belongs to \
@@ -187,7 +192,7 @@ impl fmt::Display for Error {
                 }
                 write!(f, " (the proxy answered: {response})")
             }
-            Error::Handshake(m) => write!(f, "WebSocket handshake failed: {m}"),
+            Error::Handshake(c) => write!(f, "WebSocket handshake failed: {c}"),
             Error::ModelMismatch { requested, served } => write!(
                 f,
                 "asked for model {requested:?} but the server serves {served:?}: check the model name"
@@ -202,14 +207,21 @@ impl fmt::Display for Error {
                  server commits by itself"
             ),
             Error::EmptyCommit => write!(f, "commit with no audio appended since the last commit"),
-            Error::Closed => write!(f, "the conversation is closed"),
-            Error::ConnectionClosed { code, reason } => {
+            Error::Closed { code: None, .. } => write!(f, "the conversation is closed"),
+            Error::Closed {
+                code: Some(code),
+                reason,
+            } => {
                 write!(f, "the connection closed (code {code}")?;
                 if !reason.is_empty() {
                     write!(f, ", {reason}")?;
                 }
                 write!(f, ")")
             }
+            Error::EventsTaken => write!(
+                f,
+                "the event stream was taken by take_events: read the events there"
+            ),
             Error::Internal(m) => write!(f, "internal error: {m}"),
             #[cfg(feature = "alsa")]
             Error::Capture { device, call, message } => {
@@ -223,8 +235,103 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
+            Error::Tls(c) | Error::Handshake(c) => c.source(),
             _ => None,
         }
+    }
+}
+
+impl Error {
+    /// The conversation was closed before this call.
+    pub(crate) fn closed() -> Error {
+        Error::Closed {
+            code: None,
+            reason: String::new(),
+        }
+    }
+
+    pub(crate) fn handshake(message: impl Into<String>) -> Error {
+        Error::Handshake(Cause::new(message, None))
+    }
+
+    pub(crate) fn handshake_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Handshake(Cause::new(message, Some(Box::new(source))))
+    }
+
+    #[cfg_attr(feature = "native-tls", allow(dead_code))]
+    pub(crate) fn tls(message: impl Into<String>) -> Error {
+        Error::Tls(Cause::new(message, None))
+    }
+
+    pub(crate) fn tls_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Tls(Cause::new(message, Some(Box::new(source))))
+    }
+
+    /// Whether trying again (a new connection, later) may succeed: true for network
+    /// failures, timeouts and closed connections; false for what the same request would meet
+    /// again (a refused key or proxy credentials, a wrong model, a bad URL or configuration,
+    /// bad audio, a misuse of the API). The reconnect logic follows the same rule.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Timeout { .. }
+            | Error::Io { .. }
+            | Error::Tls(_)
+            | Error::Handshake(_)
+            | Error::Server(_)
+            | Error::UnexpectedEvent { .. }
+            | Error::Internal(_) => true,
+            Error::Closed { code, .. } => code.is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// What went wrong, in words, and the error behind it when there is one: the cause of
+/// [`Error::Tls`] and [`Error::Handshake`], reached through `source()`.
+#[derive(Debug)]
+pub struct Cause {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Cause {
+    fn new(
+        message: impl Into<String>,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Cause {
+        Cause {
+            message: message.into(),
+            source,
+        }
+    }
+
+    /// The words, without the cause's.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(s) = &self.source {
+            write!(f, ": {s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
     }
 }
 

@@ -11,6 +11,7 @@ pub mod capture;
 mod client;
 pub mod config;
 pub mod error;
+mod events;
 mod io;
 mod net;
 #[cfg(feature = "opus")]
@@ -46,7 +47,8 @@ pub use config::{
     ApiKey, AudioFormat, ConnectParams, Keepalive, Proxy, ReconnectPolicy, SessionConfig, Timeouts,
     TurnDetection,
 };
-pub use error::{Error, Phase, Result, TryAppendError};
+pub use error::{Cause, Error, Phase, Result, TryAppendError};
+pub use events::{Events, IntoIter, RecvTimeoutError, TryRecvError};
 
 // The README's code blocks are compiled as doc tests, so they cannot rot.
 #[cfg(doctest)]

@@ -95,14 +95,15 @@ fn appends_allocate_nothing_per_chunk() {
 #[test]
 fn appends_into_a_full_socket_allocate_a_bounded_amount() {
     // With the send buffer capped (the default), this sender, as fast as the CPU goes, keeps
-    // running into a full socket: then tungstenite's write buffer takes the frames until the
-    // socket drains, and grows now and then. That is a few allocations for the run, not one
-    // per chunk.
+    // running into a full socket: then frames wait in the queue for the I/O thread, and the
+    // frame arena takes a fresh 64 KiB buffer while they hold the old one (its memory and its
+    // reference count: two allocations per ~15 frames at most), and tungstenite's write
+    // buffer grows now and then. Bounded by the buffers, never one per chunk.
     let emu = start_emulator(EmulatorConfig::default());
     let n = allocations_for_counted_chunks(params_for(&emu), &emu);
     eprintln!("allocations on the caller's thread for {COUNTED} appends into a full socket: {n}");
     assert!(
-        n <= (COUNTED / 15) as u64,
+        n <= (COUNTED / 15 * 2 + 20) as u64,
         "{n} allocations for {COUNTED} appends"
     );
 }

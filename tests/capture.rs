@@ -197,7 +197,10 @@ impl AudioSink for Recorder {
         }
         let mut taken = self.taken.lock().unwrap();
         match self.limit {
-            Some(limit) if *taken >= limit => Err(TryAppendError::Other(Error::Closed)),
+            Some(limit) if *taken >= limit => Err(TryAppendError::Other(Error::Closed {
+                code: None,
+                reason: String::new(),
+            })),
             Some(_) => {
                 *taken += samples.len();
                 self.log.lock().unwrap().push(Item::Chunk(samples.to_vec()));
@@ -511,7 +514,10 @@ impl AudioSink for UpTo {
     fn try_append(&self, samples: &[i16]) -> Result<(), TryAppendError> {
         let mut left = self.left.lock().unwrap();
         if *left == 0 {
-            return Err(TryAppendError::Other(Error::Closed));
+            return Err(TryAppendError::Other(Error::Closed {
+                code: None,
+                reason: String::new(),
+            }));
         }
         let n = samples.len().min(*left);
         AudioSink::try_append(&self.sender, &samples[..n])?;

@@ -519,11 +519,11 @@ fn the_server_closing_mid_utterance_ends_the_stream_with_its_code() {
     assert!(conv.is_closed());
     assert!(matches!(
         conv.append_pcm(&audio[..1600]),
-        Err(Error::Closed)
+        Err(Error::Closed { .. })
     ));
     assert!(matches!(
         conv.end_session(Duration::from_secs(1)),
-        Err(Error::Closed)
+        Err(Error::Closed { .. })
     ));
 }
 

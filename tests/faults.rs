@@ -348,7 +348,10 @@ fn a_401_at_reconnect_stops_without_a_retry_loop() {
         events.last().unwrap().kind,
         EventKind::Closed { .. }
     ));
-    assert!(matches!(conv.append_pcm(&[0; 160]), Err(Error::Closed)));
+    assert!(matches!(
+        conv.append_pcm(&[0; 160]),
+        Err(Error::Closed { .. })
+    ));
 }
 
 #[test]
@@ -456,7 +459,7 @@ fn a_slow_reader_gets_every_final_transcript_with_bounded_buffering() {
         }
     }
     conv.end_session(Duration::from_secs(60)).unwrap();
-    let max_len = conv.events().len();
+    let max_len = conv.pending_events();
     let (mut finals, mut partials) = (0usize, 0usize);
     for e in conv.iter() {
         match e.kind {

@@ -308,7 +308,10 @@ pub struct Printer {
 impl Printer {
     /// Starts the thread.
     pub fn spawn(conv: &Conversation, json: bool) -> Printer {
-        let events = conv.events();
+        let events = match conv.take_events() {
+            Ok(events) => events,
+            Err(e) => fail("cannot read the events", e),
+        };
         let (done_tx, done) = mpsc::channel();
         let started = std::thread::Builder::new()
             .name("printer".into())

@@ -78,7 +78,7 @@ pub trait AudioSink: Send + 'static {
     /// Takes one chunk of mono samples at the session's rate.
     ///
     /// [`TryAppendError::Full`] means nothing was taken: the chunk stays queued in the
-    /// capture and is offered again later. `Other(Error::Closed)` ends the capture quietly;
+    /// capture and is offered again later. `Other(Error::closed())` ends the capture quietly;
     /// any other error ends it too.
     fn try_append(&self, samples: &[i16]) -> std::result::Result<(), TryAppendError>;
 
@@ -87,44 +87,6 @@ pub trait AudioSink: Send + 'static {
     /// before it. `Full` means it was not taken and is offered again later (before any more
     /// audio); other errors are handled as for [`try_append`](Self::try_append).
     fn try_notify(&self, kind: &EventKind) -> std::result::Result<(), TryAppendError>;
-}
-
-/// A conversation's sender takes chunks without waiting (`try_append_pcm`) and reports
-/// [`TryAppendError::Full`] when its outgoing queue is full.
-impl AudioSink for crate::client::AudioSender {
-    fn try_append(&self, samples: &[i16]) -> std::result::Result<(), TryAppendError> {
-        self.try_append_pcm(samples)
-    }
-
-    fn try_notify(&self, kind: &EventKind) -> std::result::Result<(), TryAppendError> {
-        self.try_notify(kind.clone())
-    }
-}
-
-impl crate::client::Conversation {
-    /// Starts capturing from a microphone into this conversation, at the session's rate
-    /// (`config.sample_rate` is replaced by it). The capture runs until
-    /// [`Capture::stop`], until the [`Capture`] is dropped, until the conversation closes,
-    /// or until the device fails (reported as [`EventKind::CaptureError`] in this
-    /// conversation's events).
-    ///
-    /// ```no_run
-    /// use qwen_asr_realtime::capture::CaptureConfig;
-    /// use qwen_asr_realtime::{ConnectParams, Conversation, SessionConfig};
-    ///
-    /// let conv = Conversation::start(ConnectParams::new(), &SessionConfig::vad())?;
-    /// let mic = conv.stream_from_microphone(CaptureConfig::default().device("plughw:1,0"))?;
-    /// eprintln!("{}", mic.negotiated());
-    /// for event in conv.iter() {
-    ///     println!("{}", event.to_json_line());
-    /// }
-    /// # Ok::<(), qwen_asr_realtime::Error>(())
-    /// ```
-    pub fn stream_from_microphone(&self, config: CaptureConfig) -> Result<Capture> {
-        let sender = self.audio_sender();
-        let config = config.sample_rate(sender.sample_rate());
-        Capture::start(config, sender)
-    }
 }
 
 /// The sample format the device delivers.
@@ -443,6 +405,7 @@ impl Shared {
 
 /// A running capture: a thread that reads the microphone and feeds a sink. Dropping it
 /// stops and joins the thread.
+#[must_use = "dropping the capture stops it"]
 #[derive(Debug)]
 pub struct Capture {
     shared: Arc<Shared>,

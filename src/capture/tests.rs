@@ -44,7 +44,10 @@ impl AudioSink for Sink {
         let mut log = self.log.lock().unwrap();
         let taken = log.iter().filter(|i| matches!(i, Item::Chunk(_))).count();
         if self.close_after.is_some_and(|n| taken >= n) {
-            return Err(TryAppendError::Other(Error::Closed));
+            return Err(TryAppendError::Other(Error::Closed {
+                code: None,
+                reason: String::new(),
+            }));
         }
         log.push(Item::Chunk(samples.to_vec()));
         Ok(())

@@ -330,7 +330,7 @@ fn max_backoff(resampler: &Resampler, period_frames: usize) -> u64 {
 
 fn closed_or_failed(e: Error) -> Flow {
     match e {
-        Error::Closed | Error::ConnectionClosed { .. } => Flow::Closed,
+        Error::Closed { .. } => Flow::Closed,
         e => Flow::Failed(e),
     }
 }

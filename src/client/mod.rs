@@ -1,6 +1,9 @@
-//! The handles a caller holds: [`Conversation`] and the cloneable [`AudioSender`].
+//! The handles a caller holds: [`Conversation`] and the cloneable [`AudioSender`]. They only
+//! talk to the I/O thread through the outbox (`io::outbox`), never to the socket.
 
 mod conversation;
+mod sender;
 
-pub(crate) use conversation::*;
-pub use conversation::{AudioSender, Conversation, Stats};
+pub use crate::io::outbox::Stats;
+pub use conversation::Conversation;
+pub use sender::AudioSender;

@@ -20,22 +20,29 @@ use tungstenite::{Message, Utf8Bytes};
 use crate::io::replay::{FrameAudio, Replay};
 use crate::net::Socket;
 
+/// The only owner of the WebSocket: every byte to and from the service goes through these
+/// methods, under the one lock around the link. Audio has one way in, [`Link::try_send`], for
+/// both writers (a caller's thread writing its own frame, and the I/O thread writing queued
+/// ones), so the rules that keep them in order live here rather than at the call sites.
 pub(crate) struct Link {
-    pub socket: Socket,
+    socket: Socket,
     /// A second handle on the socket, to wait for room in it and to ask the kernel what it
     /// still holds. Shared, so that a sender waiting on it keeps it open across a reconnect.
     tcp: Arc<TcpStream>,
     /// Senders waiting for room in the socket themselves (see `Shared::write_direct`); while
     /// there are any, the I/O thread leaves that wait to them.
-    pub room_waiters: usize,
+    room_waiters: usize,
     /// Sent audio without a result yet: its frames when reconnecting is on (to send them
     /// again), and its accounting always (to report what never got a result).
-    pub replay: Replay,
+    replay: Replay,
     /// Senders may write here themselves: the I/O thread is serving this connection and has
     /// not started closing it. Cleared when the connection ends or a direct write fails.
-    pub open: bool,
+    open: bool,
     /// Part of tungstenite's write buffer is still waiting for room in the socket.
-    pub write_blocked: bool,
+    write_blocked: bool,
+    /// Why the last audio write failed: the connection is broken, which the I/O thread
+    /// reports as its end.
+    failure: Option<String>,
     /// Wire bytes per ms of audio in the last append frame (0 before the first).
     wire_bytes_per_ms: u64,
 }
@@ -50,8 +57,89 @@ impl Link {
             replay,
             open: false,
             write_blocked: false,
+            failure: None,
             wire_bytes_per_ms: 0,
         }
+    }
+
+    /// Opens the link to senders' own writes (the I/O thread serves a connection), or closes
+    /// it (the connection is ending, or being replaced).
+    pub fn set_open(&mut self, open: bool) {
+        self.open = open;
+        if open {
+            self.write_blocked = false;
+            self.failure = None;
+        }
+    }
+
+    /// Senders may write here themselves.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Part of what was written still waits for room in the socket.
+    pub fn is_write_blocked(&self) -> bool {
+        self.write_blocked
+    }
+
+    /// Some sender is waiting for room in the socket itself (see [`wait_for_room`]); the
+    /// I/O thread then leaves that wait to it, so that one of them wakes, not both.
+    pub fn has_room_waiters(&self) -> bool {
+        self.room_waiters > 0
+    }
+
+    /// The audio sent without a result yet.
+    pub fn replay(&self) -> &Replay {
+        &self.replay
+    }
+
+    /// The same, to record commits and results, and to start a new session.
+    pub fn replay_mut(&mut self) -> &mut Replay {
+        &mut self.replay
+    }
+
+    /// Replaces the replay window (when the I/O thread starts, knowing the policy).
+    pub fn set_replay(&mut self, replay: Replay) {
+        self.replay = replay;
+    }
+
+    /// The next message from the server, if one is whole (the socket is non-blocking).
+    pub fn read(&mut self) -> Result<Message, tungstenite::Error> {
+        self.socket.read()
+    }
+
+    /// True until either side has started closing.
+    pub fn can_write(&self) -> bool {
+        self.socket.can_write()
+    }
+
+    /// Starts the closing handshake with this frame, and closes the link to senders.
+    pub fn close(&mut self, frame: tungstenite::protocol::CloseFrame) {
+        self.open = false;
+        // An error means the socket is gone already; the next read reports it.
+        let _ = self.socket.close(Some(frame));
+        self.flush();
+    }
+
+    /// Sends one append frame, for either writer: if the socket has room, the frame enters
+    /// the replay accounting and tungstenite's buffer (flush to push it out). `Err` hands the
+    /// frame back untouched when the socket is full: the caller waits for room or queues it.
+    /// A write that fails breaks the link (see [`take_failure`](Self::take_failure)), but
+    /// the frame is accounted: sent again after a reconnect, or reported as lost.
+    pub fn try_send(&mut self, text: Utf8Bytes, audio: FrameAudio) -> Result<(), Utf8Bytes> {
+        if self.write_blocked && !self.flush() {
+            return Err(text);
+        }
+        if let Err(e) = self.write_audio(text, audio) {
+            self.open = false;
+            self.failure = Some(e.to_string());
+        }
+        Ok(())
+    }
+
+    /// Why the last audio write failed, once.
+    pub fn take_failure(&mut self) -> Option<String> {
+        self.failure.take()
     }
 
     /// Takes over a new connection.
@@ -69,7 +157,7 @@ impl Link {
     /// full) after adding it to the replay accounting, so that a frame lost with the
     /// connection is sent again on the next one, or reported. An error means the connection
     /// failed.
-    pub fn write_audio(
+    fn write_audio(
         &mut self,
         text: Utf8Bytes,
         audio: FrameAudio,
@@ -126,6 +214,23 @@ impl Link {
             }
         }
     }
+}
+
+/// Waits, outside the lock, for room in the socket of the link `guard` holds, at most
+/// `timeout`; true if there is room. The I/O thread leaves the wait to such waiters.
+pub(crate) fn wait_for_room(
+    shared: &std::sync::Mutex<Link>,
+    mut guard: std::sync::MutexGuard<'_, Link>,
+    timeout: Duration,
+) -> bool {
+    guard.room_waiters += 1;
+    // Our own handle on the socket: a reconnect may replace the link's meanwhile, and a bare
+    // descriptor number could by then name another file.
+    let socket = guard.poll_handle();
+    drop(guard);
+    let room = wait_writable(&socket, timeout);
+    crate::sys::lock(shared).room_waiters -= 1;
+    room
 }
 
 /// Sleeps until the socket can take more, or `timeout` passes; true in the first case. Only

@@ -18,10 +18,10 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Bytes, Message, Utf8Bytes};
 
-use crate::client::{Command, Reply, Shared};
 use crate::config::{ApiKey, ConnectParams};
 use crate::error::Error;
 use crate::io::link::Link;
+use crate::io::outbox::{Command, Reply, Shared};
 use crate::io::replay::Replay;
 use crate::net::{self, Opened, Socket};
 use crate::protocol::{self, Event, EventKind, Session};
@@ -60,8 +60,8 @@ struct Waiters {
 
 impl Waiters {
     fn fail_all(&mut self, code: u16, reason: &str) {
-        let err = || Error::ConnectionClosed {
-            code,
+        let err = || Error::Closed {
+            code: Some(code),
             reason: reason.to_owned(),
         };
         if let Some((_, w)) = self.update.take() {
@@ -190,20 +190,6 @@ fn lost(code: u16, reason: String) -> LinkEnd {
     }
 }
 
-/// Permanent failures: retrying cannot help, and a retry loop against a rejected key only
-/// gets the device rate-limited.
-fn is_retryable(e: &Error) -> bool {
-    !matches!(
-        e,
-        Error::Authentication { .. }
-            | Error::ProxyAuthentication { .. }
-            | Error::ModelMismatch { .. }
-            | Error::InvalidUrl { .. }
-            | Error::InvalidConfig { .. }
-            | Error::NoApiKey
-    )
-}
-
 /// A factor in [1 - jitter, 1 + jitter], from std's randomly keyed hasher.
 fn jittered(d: Duration, jitter: f64) -> Duration {
     use std::collections::hash_map::RandomState;
@@ -254,7 +240,7 @@ impl IoThread {
         let window_ms = self.params.reconnect.map_or(0, |p| {
             u64::try_from(p.replay_window.as_millis()).unwrap_or(u64::MAX)
         });
-        lock(&self.link).replay = Replay::new(window_ms);
+        lock(&self.link).set_replay(Replay::new(window_ms));
         loop {
             match self.serve(st) {
                 LinkEnd::Closed(code, reason) => return (code, reason),
@@ -295,8 +281,8 @@ impl IoThread {
         // never came is lost to the caller, and must be said to be.
         let lost = {
             let mut link = lock(&self.link);
-            link.open = false;
-            link.replay.unacked_ms() + link.replay.take_lost_ms()
+            link.set_open(false);
+            link.replay().unacked_ms() + link.replay_mut().take_lost_ms()
         };
         if lost > 0 {
             log::warn!("{lost} ms of sent audio had no result when the connection closed");
@@ -367,8 +353,7 @@ impl IoThread {
         };
         {
             let mut link = lock(&self.link);
-            link.open = true;
-            link.write_blocked = false;
+            link.set_open(true);
         }
         loop {
             // Held for the whole pass, and let go of while we sleep: senders write their own
@@ -380,7 +365,7 @@ impl IoThread {
                     p.ready = self.wait(want_write, p.closing.is_none(), timeout);
                 }
                 Err(end) => {
-                    link.open = false;
+                    link.set_open(false);
                     return end;
                 }
             }
@@ -416,7 +401,7 @@ impl IoThread {
         let now = Instant::now();
         // No pings once either side has started closing: tungstenite refuses to send
         // then, and the peer's close is a normal end, not a dead link.
-        let open = p.closing.is_none() && link.socket.can_write();
+        let open = p.closing.is_none() && link.can_write();
         if let (Some(interval), true) = (ka.ping_interval, open) {
             if now.duration_since(p.last_rx) >= ka.dead_peer_timeout {
                 let reason = format!(
@@ -439,14 +424,11 @@ impl IoThread {
             self.shed_backlog(link, st);
             self.track_backlog(link, st);
             if let Some((code, reason)) = close {
-                link.open = false;
-                let frame = CloseFrame {
+                // Errors here mean the socket is already gone; read_all reports it.
+                link.close(CloseFrame {
                     code: CloseCode::from(code),
                     reason: reason.clone().into(),
-                };
-                // Errors here mean the socket is already gone; read_all reports it.
-                let _ = link.socket.close(Some(frame));
-                link.flush();
+                });
                 p.closing = Some((code, reason, Instant::now() + CLOSE_HANDSHAKE));
             }
         } else {
@@ -474,14 +456,14 @@ impl IoThread {
         }
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         // A sender waiting for room writes the rest itself (see `Shared::write_direct`).
-        Ok((link.write_blocked && link.room_waiters == 0, timeout))
+        Ok((link.is_write_blocked() && !link.has_room_waiters(), timeout))
     }
 
     /// Reads every message available without blocking.
     fn read_all(&self, link: &mut Link, st: &mut State) -> Flow {
         let mut got_frames = false;
         loop {
-            let message = match link.socket.read() {
+            let message = match link.read() {
                 Ok(m) => m,
                 Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
                     return Flow::Continue { got_frames };
@@ -498,11 +480,10 @@ impl IoThread {
                 Err(tungstenite::Error::Capacity(e)) => {
                     let reason = format!("incoming message too large: {e}");
                     log::warn!("{reason}");
-                    let _ = link.socket.close(Some(CloseFrame {
+                    link.close(CloseFrame {
                         code: CloseCode::Size,
                         reason: "message too large".into(),
-                    }));
-                    link.flush();
+                    });
                     // Not retryable: the same server would send the same message again.
                     return Flow::Ended(LinkEnd::Lost {
                         code: 1009,
@@ -532,7 +513,7 @@ impl IoThread {
                         panic!("a test asked the I/O thread to panic");
                     }
                     let event = Event::parse(text.as_str().to_owned());
-                    self.on_event(&event, st, &mut link.replay);
+                    self.on_event(&event, st, link.replay_mut());
                     log::debug!("event {}", event.type_name());
                     st.out.push(event);
                 }
@@ -610,9 +591,9 @@ impl IoThread {
             self.drain_wake();
         }
         loop {
-            if link.write_blocked {
+            if link.is_write_blocked() {
                 link.flush();
-                if link.write_blocked {
+                if link.is_write_blocked() {
                     // Leave the rest queued: the bounded queue is the caller's backpressure.
                     return Ok(None);
                 }
@@ -630,12 +611,23 @@ impl IoThread {
             };
             let written = match cmd {
                 Command::Frame { text, audio_bytes } => {
-                    self.shared.dequeued(audio_bytes);
+                    match link.try_send(text, self.shared.frame_audio(audio_bytes)) {
+                        Ok(()) => self.shared.dequeued(audio_bytes),
+                        // Still full: the frame keeps its place at the head of the queue.
+                        Err(text) => {
+                            st.held_cmd = Some(Command::Frame { text, audio_bytes });
+                            return Ok(None);
+                        }
+                    }
                     // A failed write is in the replay accounting: replayed or reported.
-                    link.write_audio(text, self.shared.frame_audio(audio_bytes))
+                    if let Some(e) = link.take_failure() {
+                        let (code, reason) = self.shared.peer_close().unwrap_or((1006, e));
+                        return Err(lost(code, reason));
+                    }
+                    Ok(())
                 }
                 Command::Commit { text } => {
-                    link.replay.commit();
+                    link.replay_mut().commit();
                     link.write(Message::Text(text.into()))
                 }
                 Command::Update {
@@ -655,7 +647,7 @@ impl IoThread {
                 } => {
                     st.waiters.finish = reply.map(|r| (event_id, r));
                     st.finish_sent = true;
-                    link.replay.finish();
+                    link.replay_mut().finish();
                     link.write(Message::Text(text.into()))
                 }
                 Command::Notify(event) => {
@@ -814,7 +806,7 @@ impl IoThread {
                     let c = &self.shared.counters;
                     c.reconnects.fetch_add(1, Ordering::Relaxed);
                     c.replayed_ms.fetch_add(replayed_ms, Ordering::Relaxed);
-                    let lost_ms = lock(&self.link).replay.take_lost_ms();
+                    let lost_ms = lock(&self.link).replay_mut().take_lost_ms();
                     if lost_ms > 0 {
                         st.out.push(Event::client(EventKind::AudioDropped {
                             ms: lost_ms,
@@ -829,7 +821,9 @@ impl IoThread {
                 Err(e) => {
                     log::warn!("reconnect attempt {attempt} failed: {e}");
                     last_error = e.to_string();
-                    if !is_retryable(&e) {
+                    // Permanent failures: a retry loop against a rejected key only gets the device
+                    // rate-limited.
+                    if !e.is_retryable() {
                         st.out.push(Event::client(EventKind::ReconnectFailed {
                             attempts: attempt,
                             error: last_error.clone(),
@@ -881,7 +875,7 @@ impl IoThread {
         // Held throughout: `open` is false, so senders queue meanwhile rather than wait.
         let link = Arc::clone(&self.link);
         let mut link = lock(&link);
-        self.on_event(&created, st, &mut link.replay);
+        self.on_event(&created, st, link.replay_mut());
         st.out.push(created);
         let t = self.params.timeouts;
         let io = |phase| move |source| Error::Io { phase, source };
@@ -908,11 +902,9 @@ impl IoThread {
                     {
                         continue
                     }
-                    Err(e) => {
-                        return Err(Error::Handshake(format!("while resuming the session: {e}")))
-                    }
+                    Err(e) => return Err(Error::handshake_from("while resuming the session", e)),
                 };
-                self.on_event(&event, st, &mut link.replay);
+                self.on_event(&event, st, link.replay_mut());
                 let done = match &event.kind {
                     EventKind::SessionUpdated(_) => true,
                     EventKind::Error(e) => return Err(Error::Server(e.clone())),
@@ -924,7 +916,7 @@ impl IoThread {
                 }
             }
         }
-        let (frames, replayed_ms) = link.replay.start_session();
+        let (frames, replayed_ms) = link.replay_mut().start_session();
         for frame in frames {
             let text = frame.unwrap_or_else(|| protocol::commit_json().0.into());
             socket.write(Message::Text(text)).map_err(ws_error)?;
@@ -955,7 +947,7 @@ fn ws_error(e: tungstenite::Error) -> Error {
             phase: crate::Phase::Handshake,
             source,
         },
-        e => Error::Handshake(e.to_string()),
+        e => Error::handshake_from("the WebSocket failed", e),
     }
 }
 

@@ -173,7 +173,7 @@ impl Cancel {
         })?;
         let mut slot = lock(&self.opening);
         if self.is_requested() {
-            return Err(Error::Closed);
+            return Err(Error::closed());
         }
         *slot = Some(handle);
         Ok(())
@@ -218,7 +218,7 @@ fn connect_tcp(
         };
         match attempt {
             Ok(s) => return Ok(s),
-            Err(e) if e.kind() == ErrorKind::Interrupted => return Err(Error::Closed),
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Err(Error::closed()),
             Err(e) => last = e,
         }
     }
@@ -303,7 +303,7 @@ fn request_bytes(request: &Request) -> Result<Vec<u8>> {
     let headers = request.headers();
     for name in FIRST {
         let value = headers.get(name).ok_or_else(|| {
-            Error::Handshake(format!("the upgrade request lacks its {name} header"))
+            Error::handshake(format!("the upgrade request lacks its {name} header"))
         })?;
         push_header(&mut out, name, value.as_bytes());
     }
@@ -373,8 +373,8 @@ fn read_response<S: Read>(
     loop {
         let n = read_by(stream, tcp, deadline, limit, &mut chunk)?;
         if n == 0 {
-            return Err(Error::Handshake(
-                "the server closed the connection before answering the upgrade".into(),
+            return Err(Error::handshake(
+                "the server closed the connection before answering the upgrade",
             ));
         }
         buf.extend_from_slice(&chunk[..n]);
@@ -382,12 +382,12 @@ fn read_response<S: Read>(
             Ok(Some((len, response))) => return Ok((response, buf.split_off(len))),
             Ok(None) if buf.len() < MAX_RESPONSE_HEAD_BYTES => {}
             Ok(None) => {
-                return Err(Error::Handshake(format!(
+                return Err(Error::handshake(format!(
                     "the upgrade response head is over {MAX_RESPONSE_HEAD_BYTES} bytes"
                 )))
             }
             Err(e) => {
-                return Err(Error::Handshake(format!(
+                return Err(Error::handshake(format!(
                     "the upgrade response is not HTTP: {e}"
                 )))
             }
@@ -434,7 +434,7 @@ fn check_switch(request: &Request, response: &Response) -> Result<()> {
             .map(str::trim)
     };
     let fail = |what: &str| {
-        Err(Error::Handshake(format!(
+        Err(Error::handshake(format!(
             "the server's 101 response {what}"
         )))
     };
@@ -482,7 +482,7 @@ fn wrap_tls(
         let connector = crate::net::tls::connector(params)?;
         match connector.connect(&target.host, tcp) {
             Ok(s) => Ok(MaybeTlsStream::NativeTls(s)),
-            Err(native_tls::HandshakeError::Failure(e)) => Err(Error::Tls(e.to_string())),
+            Err(native_tls::HandshakeError::Failure(e)) => Err(Error::tls_from("handshake", e)),
             // A blocking socket with a timeout reports the timeout as an interrupted handshake.
             Err(native_tls::HandshakeError::WouldBlock(_)) => Err(Error::Timeout {
                 phase: Phase::Handshake,
@@ -493,7 +493,7 @@ fn wrap_tls(
     #[cfg(not(feature = "native-tls"))]
     {
         let _ = (params, tcp);
-        Err(Error::Tls(
+        Err(Error::tls(
             "wss:// needs the crate feature native-tls (or native-tls-vendored)".into(),
         ))
     }
@@ -544,7 +544,7 @@ fn upgrade(
         return Err(if status == 401 || status == 403 {
             Error::Authentication { status, body }
         } else {
-            Error::Handshake(format!("HTTP {status} {body}"))
+            Error::handshake(format!("HTTP {status} {body}"))
         });
     }
     check_switch(request, &response)?;
@@ -567,7 +567,7 @@ pub(crate) fn open(
     if let Some(c) = cancel {
         c.unwatch();
         if c.is_requested() {
-            return Err(Error::Closed);
+            return Err(Error::closed());
         }
     }
     opened
@@ -659,7 +659,10 @@ fn wait_session_created(
                 let (code, reason) = frame
                     .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
                     .unwrap_or((1005, String::new()));
-                return Err(Error::ConnectionClosed { code, reason });
+                return Err(Error::Closed {
+                    code: Some(code),
+                    reason,
+                });
             }
             Ok(Message::Binary(b)) => {
                 return Err(Error::UnexpectedEvent {
@@ -670,8 +673,8 @@ fn wait_session_created(
             Ok(_) => continue, // ping/pong: tungstenite answers pings itself
             Err(tungstenite::Error::Io(e)) if is_timeout(&e) => return Err(timeout()),
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                return Err(Error::ConnectionClosed {
-                    code: 1006,
+                return Err(Error::Closed {
+                    code: Some(1006),
                     reason: "closed before session.created".into(),
                 })
             }
@@ -681,7 +684,12 @@ fn wait_session_created(
                     source,
                 })
             }
-            Err(e) => return Err(Error::Handshake(e.to_string())),
+            Err(e) => {
+                return Err(Error::handshake_from(
+                    "while waiting for session.created",
+                    e,
+                ))
+            }
         };
         let event = Event::parse(text);
         return match &event.kind {
@@ -846,7 +854,9 @@ mod tests {
             ]
         });
         match open(&short(&url), &ApiKey::new("k"), None) {
-            Err(Error::Handshake(m)) => assert!(m.contains("Sec-WebSocket-Accept"), "{m}"),
+            Err(Error::Handshake(m)) => {
+                assert!(m.to_string().contains("Sec-WebSocket-Accept"), "{m}")
+            }
             other => panic!("{:?}", other.map(|_| ())),
         }
         server.join().unwrap();

@@ -147,14 +147,12 @@ pub(crate) fn connect_tunnel(
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         if head.len() >= MAX_RESPONSE_HEADER {
-            return Err(Error::Handshake(
-                "the proxy's CONNECT response is too long".into(),
-            ));
+            return Err(Error::handshake("the proxy's CONNECT response is too long"));
         }
         match stream.read(&mut byte).map_err(io)? {
             0 => {
-                return Err(Error::Handshake(
-                    "the proxy closed the connection during CONNECT".into(),
+                return Err(Error::handshake(
+                    "the proxy closed the connection during CONNECT",
                 ))
             }
             _ => head.push(byte[0]),
@@ -185,7 +183,7 @@ pub(crate) fn connect_tunnel(
                 response,
             })
         }
-        _ => Err(Error::Handshake(format!(
+        _ => Err(Error::handshake(format!(
             "the proxy {}:{} refused CONNECT {authority}: {status_line}",
             proxy.host, proxy.port
         ))),

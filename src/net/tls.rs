@@ -31,10 +31,11 @@ fn build(roots: &[Vec<u8>]) -> Result<native_tls::TlsConnector> {
     let mut b = native_tls::TlsConnector::builder();
     for pem in roots {
         let cert = native_tls::Certificate::from_pem(pem)
-            .map_err(|e| Error::Tls(format!("bad root certificate: {e}")))?;
+            .map_err(|e| Error::tls_from("bad root certificate", e))?;
         b.add_root_certificate(cert);
     }
-    b.build().map_err(|e| Error::Tls(e.to_string()))
+    b.build()
+        .map_err(|e| Error::tls_from("cannot set up TLS", e))
 }
 
 /// Connectors by the PEM of their extra roots, newest last.

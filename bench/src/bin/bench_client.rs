@@ -112,7 +112,7 @@ fn stream(url: &str, path: &str, realtime: bool, cpu_start: u64) -> String {
     let (mut wav, mut buf) = open_wav(path);
     let t0 = now_ns();
     let conv = start(url);
-    let events = conv.events();
+    let events = conv.take_events().unwrap_or_else(|e| die("events", e));
     let reader = std::thread::spawn(move || {
         let (mut n, mut completed) = (0u64, 0u64);
         for e in events.iter() {
@@ -189,7 +189,7 @@ fn latency(url: &str, path: &str, chunks: u64, interval_ms: u64) -> String {
     let (mut wav, mut buf) = open_wav(path);
     let t_connect = now_ns();
     let conv = start(url);
-    let events = conv.events();
+    let events = conv.take_events().unwrap_or_else(|e| die("events", e));
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut recv = Vec::new();

@@ -1,0 +1,120 @@
+//! [`AudioSender`]: the cloneable handle that feeds audio into a conversation from any thread.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result, TryAppendError};
+use crate::io::outbox::{Command, Shared};
+use crate::protocol::{Event, EventKind};
+
+/// A cheap, cloneable handle that feeds audio (and client events) into one conversation,
+/// for example from a capture thread. It writes a frame to the socket itself when nothing has
+/// to go first, and queues it for the I/O thread otherwise; only the blocking appends wait,
+/// and only while the link is backed up.
+#[derive(Clone)]
+pub struct AudioSender {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AudioSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudioSender")
+            .field("closed", &self.shared.is_closed())
+            .finish()
+    }
+}
+
+impl AudioSender {
+    pub(super) fn new(shared: Arc<Shared>) -> AudioSender {
+        AudioSender { shared }
+    }
+
+    /// Sends 16-bit PCM samples, waiting only while the link is backed up (the socket full,
+    /// or the bounded outgoing queue full). Refused in an Opus session.
+    pub fn append_pcm(&self, samples: &[i16]) -> Result<()> {
+        self.check_pcm_session()?;
+        with_le_bytes(samples, |b| self.shared.append(b, true)).map_err(into_error)
+    }
+
+    /// Sends 16-bit PCM samples if that needs no waiting: straight to the socket, or into the
+    /// queue if it has room for all of them, and no other thread is in the middle of an
+    /// append. On [`TryAppendError::Full`] nothing was taken.
+    pub fn try_append_pcm(&self, samples: &[i16]) -> Result<(), TryAppendError> {
+        self.check_pcm_session()?;
+        with_le_bytes(samples, |b| self.shared.append(b, false))
+    }
+
+    /// Delivers a client event into the conversation's event stream, in order with the rest;
+    /// waits while the outgoing queue is full. Not public: only the library raises `client.*`
+    /// events (a user could otherwise fake `client.closed`).
+    #[allow(dead_code)]
+    pub(crate) fn notify(&self, kind: EventKind) -> Result<()> {
+        self.shared.enqueue(Command::Notify(Event::client(kind)))
+    }
+
+    /// Like [`notify`](Self::notify) but never waits: on [`TryAppendError::Full`] nothing
+    /// was taken. A capture thread reports a loss exactly when the queue is full, so it must
+    /// not wait for room.
+    pub(crate) fn try_notify(&self, kind: EventKind) -> Result<(), TryAppendError> {
+        self.shared
+            .try_enqueue(Command::Notify(Event::client(kind)))
+    }
+
+    /// The session's sample rate (16000 or 8000), as last configured.
+    pub fn sample_rate(&self) -> u32 {
+        self.shared.sample_rate()
+    }
+
+    /// True once the conversation no longer takes audio.
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    fn check_pcm_session(&self) -> Result<()> {
+        if self.shared.is_pcm() {
+            Ok(())
+        } else {
+            Err(Error::InvalidAudio(
+                "PCM samples into a session configured for Opus; append Opus bytes instead".into(),
+            ))
+        }
+    }
+}
+
+pub(super) fn into_error(e: TryAppendError) -> Error {
+    match e {
+        TryAppendError::Other(e) => e,
+        // Blocking appends wait instead of reporting Full.
+        TryAppendError::Full => Error::Internal("queue full on a blocking append".into()),
+    }
+}
+
+/// Runs `f` on the samples as s16le bytes: the samples' own memory on little-endian targets
+/// (every Pi), a converted copy elsewhere.
+fn with_le_bytes<R>(samples: &[i16], f: impl FnOnce(&[u8]) -> R) -> R {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: i16 has no padding and u8 has alignment 1; on a little-endian target the
+        // in-memory bytes are exactly the wire's s16le, and the slice borrows `samples`.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(samples.as_ptr().cast::<u8>(), samples.len() * 2) };
+        f(bytes)
+    }
+    #[cfg(target_endian = "big")]
+    {
+        let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        f(&bytes)
+    }
+}
+
+/// A conversation's sender takes chunks without waiting (`try_append_pcm`) and reports
+/// [`TryAppendError::Full`] when its outgoing queue is full.
+#[cfg(feature = "alsa")]
+impl crate::capture::AudioSink for AudioSender {
+    fn try_append(&self, samples: &[i16]) -> std::result::Result<(), TryAppendError> {
+        self.try_append_pcm(samples)
+    }
+
+    fn try_notify(&self, kind: &EventKind) -> std::result::Result<(), TryAppendError> {
+        AudioSender::try_notify(self, kind.clone())
+    }
+}
