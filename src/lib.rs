@@ -8,6 +8,8 @@ pub mod config;
 pub mod conversation;
 pub mod error;
 pub mod event;
+#[cfg(feature = "gate")]
+pub mod gate;
 mod io_thread;
 mod link;
 mod proxy;

@@ -1,0 +1,201 @@
+//! Frame levels: the energy pre-gate, which decides whether the detector runs at all (so the
+//! network costs nothing while the room is near-silent, most of an appliance's day), and the
+//! noise-floor tracker, which tells speech from the steady sounds the network mistakes for it.
+
+/// Full scale of a 16-bit sample, the 0 dBFS reference (a full-scale square wave).
+const FULL_SCALE: f64 = 32768.0;
+
+/// Frames below the floor on which the detector still runs before it is skipped: the network
+/// sees 48 ms (three frames) at a time, so it is shown the decay of a word rather than being
+/// cut off in it, and short dips between syllables never reset it.
+pub(crate) const TAIL_FRAMES: u32 = 3;
+
+/// Sum of squares of a frame's samples: exact, in integers (a frame of 256 full-scale
+/// samples is below 2^39).
+pub(crate) fn sum_of_squares(frame: &[i16]) -> u64 {
+    frame
+        .iter()
+        .map(|&s| {
+            let v = i32::from(s);
+            (v * v) as u64
+        })
+        .sum()
+}
+
+/// The level in dBFS (0 dBFS = RMS of a full-scale square wave, as `sox stats` reports it)
+/// of a frame whose sum of squares over `samples` samples is `sum`; digital silence is
+/// `f64::NEG_INFINITY`.
+pub(crate) fn dbfs(sum: u64, samples: usize) -> f64 {
+    if samples == 0 || sum == 0 {
+        return f64::NEG_INFINITY;
+    }
+    let mean_square = sum as f64 / samples as f64;
+    10.0 * (mean_square / (FULL_SCALE * FULL_SCALE)).log10()
+}
+
+/// Decides per frame whether the detector runs: yes above the floor, and for
+/// [`TAIL_FRAMES`] frames after the level fell below it.
+#[derive(Debug, Clone)]
+pub(crate) struct PreGate {
+    /// The floor as a sum of squares over one frame, so no frame needs a logarithm.
+    floor_sum: u64,
+    /// Consecutive frames below the floor.
+    below_run: u32,
+}
+
+/// What the pre-gate decided for one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Run the detector on this frame.
+    Run,
+    /// Run it, but reset it first: it last saw audio before a skipped near-silent stretch,
+    /// and a detector fed nothing but near-silence would have forgotten that audio.
+    ResetAndRun,
+    /// Near-silence: the frame is not speech, the detector is not run.
+    Skip,
+}
+
+impl PreGate {
+    /// A pre-gate with its floor at `floor_dbfs` for frames of `frame_samples` samples.
+    pub(crate) fn new(floor_dbfs: f64, frame_samples: usize) -> PreGate {
+        let rms = FULL_SCALE * 10f64.powf(floor_dbfs / 20.0);
+        let floor = (rms * rms * frame_samples as f64).ceil();
+        PreGate {
+            // A floor of -inf dBFS runs the detector on everything but digital silence.
+            floor_sum: if floor.is_finite() && floor >= 1.0 {
+                floor as u64
+            } else {
+                1
+            },
+            below_run: TAIL_FRAMES,
+        }
+    }
+
+    /// The verdict for a frame with sum of squares `sum`.
+    pub(crate) fn judge(&mut self, sum: u64) -> Verdict {
+        if sum >= self.floor_sum {
+            let was_skipping = self.below_run >= TAIL_FRAMES;
+            self.below_run = 0;
+            if was_skipping {
+                Verdict::ResetAndRun
+            } else {
+                Verdict::Run
+            }
+        } else if self.below_run < TAIL_FRAMES {
+            self.below_run += 1;
+            Verdict::Run
+        } else {
+            Verdict::Skip
+        }
+    }
+
+    /// Back to the state of a new stream (the detector is reset before its next run).
+    pub(crate) fn reset(&mut self) {
+        self.below_run = TAIL_FRAMES;
+    }
+}
+
+/// Level given to digital silence, so the noise floor stays a finite number.
+const SILENCE_DBFS: f64 = -100.0;
+/// How fast the floor follows the level down (a share of the gap per frame): a few frames,
+/// so that a pause between words shows the floor at once.
+const FLOOR_FALL_SHARE: f64 = 0.25;
+/// How fast the floor rises towards a louder level, per 16 ms frame: 1.25 dB per second,
+/// slow enough that a sentence does not lift the floor to its own level, fast enough that
+/// a fan switched on is part of the floor within a quarter of a minute.
+const FLOOR_RISE_DB_PER_FRAME: f64 = 0.02;
+
+/// Tracks the background level (a slowly rising, quickly falling minimum of the frame
+/// levels) and reports how far each frame stands above it.
+///
+/// Why: the network normalises its features by their RMS and scores the spectrum's shape,
+/// so steady mains hum, or the first frames after a click, can score like speech. Speech,
+/// unlike a steady noise, stands out of the background by several dB in its voiced frames.
+#[derive(Debug, Clone)]
+pub(crate) struct NoiseFloor {
+    floor_dbfs: Option<f64>,
+}
+
+impl NoiseFloor {
+    pub(crate) fn new() -> NoiseFloor {
+        NoiseFloor { floor_dbfs: None }
+    }
+
+    /// Feeds a frame's level; returns how many dB it stands above the floor as it was.
+    /// The first frame of a stream sets the floor.
+    pub(crate) fn above_floor_db(&mut self, level_dbfs: f64) -> f64 {
+        let level = level_dbfs.max(SILENCE_DBFS);
+        let floor = *self.floor_dbfs.get_or_insert(level);
+        let new = if level < floor {
+            floor + FLOOR_FALL_SHARE * (level - floor)
+        } else {
+            (floor + FLOOR_RISE_DB_PER_FRAME).min(level)
+        };
+        self.floor_dbfs = Some(new);
+        level - floor
+    }
+
+    /// Back to the state of a new stream.
+    pub(crate) fn reset(&mut self) {
+        self.floor_dbfs = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_are_in_dbfs_of_a_square_wave() {
+        assert!((dbfs(sum_of_squares(&[i16::MIN; 256]), 256)).abs() < 1e-9);
+        let half = dbfs(sum_of_squares(&[16384; 256]), 256);
+        assert!((half + 6.0206).abs() < 1e-3, "{half}");
+        assert_eq!(dbfs(0, 256), f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn detector_runs_above_the_floor_and_for_a_short_tail_below_it() {
+        let mut g = PreGate::new(-50.0, 256);
+        let loud = sum_of_squares(&[1000; 256]);
+        let quiet = sum_of_squares(&[10; 256]);
+        // A new stream starts skipped, so its first loud frame resets the detector.
+        assert_eq!(g.judge(quiet), Verdict::Skip);
+        assert_eq!(g.judge(loud), Verdict::ResetAndRun);
+        assert_eq!(g.judge(loud), Verdict::Run);
+        for _ in 0..TAIL_FRAMES {
+            assert_eq!(g.judge(quiet), Verdict::Run);
+        }
+        assert_eq!(g.judge(quiet), Verdict::Skip);
+        assert_eq!(g.judge(loud), Verdict::ResetAndRun);
+        // A dip shorter than the tail does not reset.
+        assert_eq!(g.judge(quiet), Verdict::Run);
+        assert_eq!(g.judge(loud), Verdict::Run);
+    }
+
+    #[test]
+    fn noise_floor_falls_fast_rises_slowly_and_measures_the_excess() {
+        let mut f = NoiseFloor::new();
+        assert_eq!(f.above_floor_db(-50.0), 0.0);
+        // A loud frame stands out by its full excess and lifts the floor only a little.
+        assert_eq!(f.above_floor_db(-30.0), 20.0);
+        assert!((f.above_floor_db(-50.0) + FLOOR_RISE_DB_PER_FRAME).abs() < 1e-9);
+        // Ten seconds of a steady louder noise become the floor.
+        for _ in 0..625 {
+            f.above_floor_db(-40.0);
+        }
+        assert!(f.above_floor_db(-40.0).abs() < 1e-9);
+        // Digital silence pulls the floor down within a few frames.
+        for _ in 0..40 {
+            f.above_floor_db(f64::NEG_INFINITY);
+        }
+        assert!(f.above_floor_db(-90.0) > 9.0);
+    }
+
+    #[test]
+    fn floor_of_minus_infinity_runs_on_everything_but_digital_silence() {
+        let mut g = PreGate::new(f64::NEG_INFINITY, 256);
+        assert_eq!(g.judge(1), Verdict::ResetAndRun);
+        g.reset();
+        assert_eq!(g.judge(0), Verdict::Skip);
+    }
+}
