@@ -46,7 +46,8 @@ mod preroll;
 mod upsample;
 
 pub use config::{
-    GateConfig, TurnMode, MAX_HANGOVER_MS, MAX_ONSET_MS, MAX_PRE_ROLL_MS, SERVER_SILENCE_MARGIN_MS,
+    GateConfig, TurnMode, MAX_HANGOVER_MS, MAX_ONSET_MS, MAX_PRE_ROLL_MS,
+    NARROWBAND_OFFSET_THRESHOLD, NARROWBAND_ONSET_THRESHOLD, SERVER_SILENCE_MARGIN_MS,
 };
 pub use detector::{
     Detector, EarshotDetector, DETECTOR_FRAME_MS, DETECTOR_FRAME_SAMPLES, DETECTOR_RATE_HZ,
@@ -210,7 +211,9 @@ impl std::fmt::Debug for Gate {
 
 impl Gate {
     /// A gate for `sample_rate` Hz mono audio (16000 or 8000, the session's rate) with the
-    /// built-in [`EarshotDetector`].
+    /// built-in [`EarshotDetector`]. For 8 kHz, make `config` with
+    /// [`GateConfig::for_session`] or [`GateConfig::narrowband`]: the network scores
+    /// narrowband speech lower.
     ///
     /// Fails with [`Error::InvalidConfig`] for another rate or an invalid `config`.
     pub fn new(config: GateConfig, sample_rate: u32) -> Result<Gate> {
