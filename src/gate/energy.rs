@@ -5,10 +5,11 @@
 /// Full scale of a 16-bit sample, the 0 dBFS reference (a full-scale square wave).
 const FULL_SCALE: f64 = 32768.0;
 
-/// Frames below the floor on which the detector still runs before it is skipped: the network
-/// sees 48 ms (three frames) at a time, so it is shown the decay of a word rather than being
-/// cut off in it, and short dips between syllables never reset it.
-pub(crate) const TAIL_FRAMES: u32 = 3;
+/// Frames on which the detector goes on running after the level stopped qualifying: the
+/// network sees 48 ms at a time and its recurrent state spans more, so it is shown the decay
+/// of a word rather than being cut off in it, and the dips between syllables and short words
+/// (up to 128 ms) never reset it.
+pub(crate) const TAIL_FRAMES: u32 = 8;
 
 /// Sum of squares of a frame's samples: exact, in integers (a frame of 256 full-scale
 /// samples is below 2^39).
@@ -33,14 +34,23 @@ pub(crate) fn dbfs(sum: u64, samples: usize) -> f64 {
     10.0 * (mean_square / (FULL_SCALE * FULL_SCALE)).log10()
 }
 
-/// Decides per frame whether the detector runs: yes above the floor, and for
-/// [`TAIL_FRAMES`] frames after the level fell below it.
+/// Decides per frame whether the detector runs.
+///
+/// It starts on a frame above the absolute floor that could begin speech (it stands out of
+/// the noise floor by the onset margin, or the gate is open), goes on while frames could
+/// continue speech (the offset margin), and stops [`TAIL_FRAMES`] frames after they no
+/// longer do. Frames that qualify for neither could not count as speech whatever their
+/// score, so skipping the network on them changes nothing but the cost: steady room noise,
+/// a fan or hum cost almost nothing. Starting only at the onset margin matters too: a freshly
+/// reset network scores the first frames of plain noise higher than it does later, and must
+/// not be restarted on every small fluctuation of a noise bed.
 #[derive(Debug, Clone)]
 pub(crate) struct PreGate {
     /// The floor as a sum of squares over one frame, so no frame needs a logarithm.
     floor_sum: u64,
-    /// Consecutive frames below the floor.
-    below_run: u32,
+    running: bool,
+    /// While running: consecutive frames that did not qualify.
+    quiet_run: u32,
 }
 
 /// What the pre-gate decided for one frame.
@@ -48,11 +58,20 @@ pub(crate) struct PreGate {
 pub(crate) enum Verdict {
     /// Run the detector on this frame.
     Run,
-    /// Run it, but reset it first: it last saw audio before a skipped near-silent stretch,
-    /// and a detector fed nothing but near-silence would have forgotten that audio.
+    /// Run it, but reset it first: it last saw audio before a skipped stretch, and a
+    /// detector fed only that quiet stretch would have forgotten the audio before it.
     ResetAndRun,
-    /// Near-silence: the frame is not speech, the detector is not run.
+    /// The frame is not speech; the detector is not run.
     Skip,
+}
+
+/// How a frame's level compares with the noise floor, as the pre-gate needs it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Qualifies {
+    /// Loud enough above the floor to begin speech (or the gate is open).
+    pub(crate) to_start: bool,
+    /// Loud enough above the floor to continue speech (or the gate is open).
+    pub(crate) to_continue: bool,
 }
 
 impl PreGate {
@@ -67,23 +86,29 @@ impl PreGate {
             } else {
                 1
             },
-            below_run: TAIL_FRAMES,
+            running: false,
+            quiet_run: 0,
         }
     }
 
     /// The verdict for a frame with sum of squares `sum`.
-    pub(crate) fn judge(&mut self, sum: u64) -> Verdict {
-        if sum >= self.floor_sum {
-            let was_skipping = self.below_run >= TAIL_FRAMES;
-            self.below_run = 0;
-            if was_skipping {
-                Verdict::ResetAndRun
-            } else {
+    pub(crate) fn judge(&mut self, sum: u64, q: Qualifies) -> Verdict {
+        let loud = sum >= self.floor_sum;
+        if self.running {
+            if loud && q.to_continue {
+                self.quiet_run = 0;
                 Verdict::Run
+            } else if self.quiet_run < TAIL_FRAMES {
+                self.quiet_run += 1;
+                Verdict::Run
+            } else {
+                self.running = false;
+                Verdict::Skip
             }
-        } else if self.below_run < TAIL_FRAMES {
-            self.below_run += 1;
-            Verdict::Run
+        } else if loud && q.to_start {
+            self.running = true;
+            self.quiet_run = 0;
+            Verdict::ResetAndRun
         } else {
             Verdict::Skip
         }
@@ -91,7 +116,8 @@ impl PreGate {
 
     /// Back to the state of a new stream (the detector is reset before its next run).
     pub(crate) fn reset(&mut self) {
-        self.below_run = TAIL_FRAMES;
+        self.running = false;
+        self.quiet_run = 0;
     }
 }
 
@@ -153,23 +179,47 @@ mod tests {
         assert_eq!(dbfs(0, 256), f64::NEG_INFINITY);
     }
 
+    const START: Qualifies = Qualifies {
+        to_start: true,
+        to_continue: true,
+    };
+    const CONTINUE: Qualifies = Qualifies {
+        to_start: false,
+        to_continue: true,
+    };
+    const NEITHER: Qualifies = Qualifies {
+        to_start: false,
+        to_continue: false,
+    };
+
     #[test]
-    fn detector_runs_above_the_floor_and_for_a_short_tail_below_it() {
+    fn detector_starts_on_a_qualifying_frame_and_stops_after_a_tail() {
         let mut g = PreGate::new(-50.0, 256);
         let loud = sum_of_squares(&[1000; 256]);
         let quiet = sum_of_squares(&[10; 256]);
-        // A new stream starts skipped, so its first loud frame resets the detector.
-        assert_eq!(g.judge(quiet), Verdict::Skip);
-        assert_eq!(g.judge(loud), Verdict::ResetAndRun);
-        assert_eq!(g.judge(loud), Verdict::Run);
+        // Below the absolute floor nothing starts it, and neither does a frame that could
+        // only continue speech.
+        assert_eq!(g.judge(quiet, START), Verdict::Skip);
+        assert_eq!(g.judge(loud, CONTINUE), Verdict::Skip);
+        assert_eq!(g.judge(loud, START), Verdict::ResetAndRun);
+        assert_eq!(g.judge(loud, CONTINUE), Verdict::Run);
         for _ in 0..TAIL_FRAMES {
-            assert_eq!(g.judge(quiet), Verdict::Run);
+            assert_eq!(g.judge(loud, NEITHER), Verdict::Run);
         }
-        assert_eq!(g.judge(quiet), Verdict::Skip);
-        assert_eq!(g.judge(loud), Verdict::ResetAndRun);
-        // A dip shorter than the tail does not reset.
-        assert_eq!(g.judge(quiet), Verdict::Run);
-        assert_eq!(g.judge(loud), Verdict::Run);
+        assert_eq!(g.judge(quiet, CONTINUE), Verdict::Skip);
+        assert_eq!(g.judge(loud, CONTINUE), Verdict::Skip);
+        assert_eq!(g.judge(loud, START), Verdict::ResetAndRun);
+        // A dip shorter than the tail neither stops nor resets it.
+        assert_eq!(g.judge(quiet, NEITHER), Verdict::Run);
+        assert_eq!(g.judge(loud, CONTINUE), Verdict::Run);
+    }
+
+    #[test]
+    fn floor_of_minus_infinity_runs_on_everything_but_digital_silence() {
+        let mut g = PreGate::new(f64::NEG_INFINITY, 256);
+        assert_eq!(g.judge(1, START), Verdict::ResetAndRun);
+        g.reset();
+        assert_eq!(g.judge(0, START), Verdict::Skip);
     }
 
     #[test]
@@ -189,13 +239,5 @@ mod tests {
             f.above_floor_db(f64::NEG_INFINITY);
         }
         assert!(f.above_floor_db(-90.0) > 9.0);
-    }
-
-    #[test]
-    fn floor_of_minus_infinity_runs_on_everything_but_digital_silence() {
-        let mut g = PreGate::new(f64::NEG_INFINITY, 256);
-        assert_eq!(g.judge(1), Verdict::ResetAndRun);
-        g.reset();
-        assert_eq!(g.judge(0), Verdict::Skip);
     }
 }

@@ -8,11 +8,13 @@
 //! audio is cut into chunks.
 //!
 //! Per 16 ms frame (256 samples at 16 kHz, 128 at 8 kHz):
-//! 1. an energy pre-gate skips frames below [`GateConfig::energy_floor_dbfs`], so the
-//!    network never runs on near-silence;
-//! 2. the [`Detector`] (built in: [`EarshotDetector`]) scores the frame; an 8 kHz session's
+//! 1. a noise-floor tracker measures how far the frame stands out of the background;
+//! 2. an energy pre-gate runs the network only from a frame that could begin speech (above
+//!    [`GateConfig::energy_floor_dbfs`] and [`GateConfig::onset_above_floor_db`] out of the
+//!    background) until shortly after frames stop qualifying, or while the gate is open, so
+//!    it does not run on near-silence or steady noise;
+//! 3. the [`Detector`] (built in: [`EarshotDetector`]) scores the frame; an 8 kHz session's
 //!    frame is scored on a 16 kHz copy, and the original 8 kHz samples are forwarded;
-//! 3. a noise-floor tracker measures how far the frame stands out of the background;
 //! 4. onset/offset hysteresis opens the gate after [`GateConfig::onset_ms`] of frames that
 //!    are both confident and loud enough, and closes it after
 //!    [`GateConfig::effective_hangover_ms`] without such a frame.
@@ -55,10 +57,17 @@ pub use detector::{
 
 use crate::error::{Error, Result};
 use detector::sanitize;
-use energy::{NoiseFloor, PreGate, Verdict};
+use energy::{NoiseFloor, PreGate, Qualifies, Verdict};
 use policy::{Frame, Hysteresis, Step};
 use preroll::PreRoll;
 use upsample::Upsampler2x;
+
+/// Frames of the audio just before a start that the detector is run on first (their
+/// scores discarded). A freshly reset network needs about five frames to reach its scores:
+/// without this it would recognise a word that begins after a quiet stretch some 100 ms
+/// late, eating into the pre-roll. Starts are rare (a frame must stand well out of the
+/// background), so the extra runs cost little.
+const WARM_UP_FRAMES: usize = 6;
 
 /// One thing the gate did, in order with the audio. Positions are on the device timeline:
 /// samples (and whole milliseconds, rounded down) since the first sample given to the gate.
@@ -180,6 +189,8 @@ pub struct Gate {
     frame_fill: usize,
     /// The detector's 16 kHz view of the frame (a copy, or the ×2 interpolation at 8 kHz).
     frame16: Box<[i16; DETECTOR_FRAME_SAMPLES]>,
+    /// One earlier frame at the session's rate, for the warm-up.
+    warm: Box<[i16]>,
     upsampler: Option<Upsampler2x>,
     detector: Box<dyn Detector>,
     pre_gate: PreGate,
@@ -260,6 +271,7 @@ impl Gate {
             frame: vec![0; frame_len].into_boxed_slice(),
             frame_fill: 0,
             frame16: Box::new([0; DETECTOR_FRAME_SAMPLES]),
+            warm: vec![0; frame_len].into_boxed_slice(),
             upsampler,
             detector,
             preroll,
@@ -391,19 +403,28 @@ impl Gate {
         let sum = energy::sum_of_squares(&self.frame);
         let level_dbfs = energy::dbfs(sum, self.frame_len);
         let above_floor_db = self.noise_floor.above_floor_db(level_dbfs);
-        let verdict = self.pre_gate.judge(sum);
+        let open = self.hysteresis.is_open();
+        let verdict = self.pre_gate.judge(
+            sum,
+            Qualifies {
+                to_start: open || above_floor_db >= self.config.onset_above_floor_db,
+                to_continue: open || above_floor_db >= self.config.offset_above_floor_db,
+            },
+        );
         if verdict == Verdict::ResetAndRun {
             self.detector.reset();
-        }
-        // The interpolator runs on skipped frames too (it is cheap), so that it always
-        // carries the true previous sample into the next frame.
-        match &mut self.upsampler {
-            Some(u) => u.process(&self.frame, &mut self.frame16[..]),
-            None => self.frame16.copy_from_slice(&self.frame),
+            self.warm_up();
         }
         let score = if verdict == Verdict::Skip {
+            if let Some(u) = &mut self.upsampler {
+                u.skip(&self.frame);
+            }
             0.0
         } else {
+            match &mut self.upsampler {
+                Some(u) => u.process(&self.frame, &mut self.frame16[..]),
+                None => self.frame16.copy_from_slice(&self.frame),
+            }
             self.counters.detector_frames += 1;
             sanitize(self.detector.score(&self.frame16))
         };
@@ -413,6 +434,28 @@ impl Gate {
             score,
             above_floor_db,
         })
+    }
+
+    /// Runs the freshly reset detector over the frames before the current one (still in the
+    /// pre-roll, since a start happens only while closed), oldest first.
+    fn warm_up(&mut self) {
+        if let Some(u) = &mut self.upsampler {
+            u.reset();
+        }
+        for back in (1..=WARM_UP_FRAMES).rev() {
+            if !self
+                .preroll
+                .copy_back(back * self.frame_len, &mut self.warm)
+            {
+                continue;
+            }
+            match &mut self.upsampler {
+                Some(u) => u.process(&self.warm, &mut self.frame16[..]),
+                None => self.frame16.copy_from_slice(&self.warm),
+            }
+            self.counters.detector_frames += 1;
+            self.detector.score(&self.frame16);
+        }
     }
 
     fn forward(&mut self, samples: &[i16], at_sample: u64, emit: &mut impl FnMut(Output<'_>)) {

@@ -58,6 +58,19 @@ impl PreRoll {
         }
     }
 
+    /// Copies into `out` the `out.len()` samples that end `before_newest` samples before the
+    /// newest one held; returns false (copying nothing) if the ring does not hold them all.
+    pub(crate) fn copy_back(&self, before_newest: usize, out: &mut [i16]) -> bool {
+        let Some(from_oldest) = self.len.checked_sub(before_newest + out.len()) else {
+            return false;
+        };
+        let cap = self.buf.len();
+        for (k, o) in out.iter_mut().enumerate() {
+            *o = self.buf[(self.start + from_oldest + k) % cap];
+        }
+        true
+    }
+
     /// Forgets the samples held.
     pub(crate) fn clear(&mut self) {
         self.start = 0;
@@ -97,6 +110,20 @@ mod tests {
         assert_eq!(r.len(), 0);
         assert_eq!(r.push(&[4, 5, 6, 7, 8, 9, 10, 11, 12]), 1);
         assert_eq!(contents(&r), [5, 6, 7, 8, 9, 10, 11, 12]);
+    }
+
+    #[test]
+    fn copies_back_from_the_newest_across_the_wrap() {
+        let mut r = PreRoll::new(8);
+        r.push(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+        let mut out = [0i16; 3];
+        assert!(r.copy_back(0, &mut out));
+        assert_eq!(out, [9, 10, 11]);
+        assert!(r.copy_back(2, &mut out));
+        assert_eq!(out, [7, 8, 9]);
+        assert!(r.copy_back(5, &mut out));
+        assert_eq!(out, [4, 5, 6]);
+        assert!(!r.copy_back(6, &mut out));
     }
 
     #[test]

@@ -19,15 +19,18 @@ const CUTOFF_SHARE: f64 = 0.88;
 /// Kaiser window shape: about 60 dB of stopband attenuation.
 const KAISER_BETA: f64 = 5.7;
 
+/// Most input samples one call takes: a detector frame at 8 kHz.
+pub(crate) const MAX_INPUT: usize = 128;
+
 /// Streaming ×2 interpolator. Output pairs are `[x[n - TAPS/2], y(n - TAPS/2 + 1/2)]`: the
 /// input delayed by `TAPS / 2` samples (2 ms at 8 kHz) and the band-limited value half a
 /// sample later, so chunks never change the output.
 #[derive(Debug, Clone)]
 pub(crate) struct Upsampler2x {
-    /// Coefficients for `x[n - j]`, j = 0 (newest) ..
+    /// Coefficients in window order: `window[i]` (oldest first) meets `coeffs[i]`.
     coeffs: [f32; TAPS],
-    /// The last `TAPS` inputs, oldest first.
-    history: [f32; TAPS],
+    /// The last `TAPS` inputs (oldest first), then room for one call's input.
+    buf: [f32; TAPS + MAX_INPUT],
 }
 
 impl Default for Upsampler2x {
@@ -40,11 +43,11 @@ impl Upsampler2x {
     pub(crate) fn new() -> Upsampler2x {
         let half = TAPS as f64 / 2.0;
         let i0_beta = bessel_i0(KAISER_BETA);
-        let mut coeffs = [0f32; TAPS];
         let mut raw = [0f64; TAPS];
-        for (j, c) in raw.iter_mut().enumerate() {
-            // Offset of x[n - j] from the interpolated instant, in input samples.
-            let t = half - 0.5 - j as f64;
+        for (i, c) in raw.iter_mut().enumerate() {
+            // Window position i holds x[n - (TAPS - 1 - i)]; its offset from the interpolated
+            // instant n - TAPS/2 + 1/2, in input samples:
+            let t = i as f64 - (half - 0.5);
             let x = std::f64::consts::PI * CUTOFF_SHARE * t;
             let sinc = if x == 0.0 { 1.0 } else { x.sin() / x };
             let r = t / half;
@@ -53,37 +56,59 @@ impl Upsampler2x {
         }
         // Unity gain at DC, like the even outputs (which are the input itself).
         let sum: f64 = raw.iter().sum();
+        let mut coeffs = [0f32; TAPS];
         for (c, r) in coeffs.iter_mut().zip(raw) {
             *c = (r / sum) as f32;
         }
         Upsampler2x {
             coeffs,
-            history: [0.0; TAPS],
+            buf: [0.0; TAPS + MAX_INPUT],
         }
     }
 
-    /// Writes the ×2 interpolation of `input` into `out`, which must be twice as long.
+    /// Writes the ×2 interpolation of `input` (at most [`MAX_INPUT`] samples) into `out`,
+    /// which must be twice as long.
     pub(crate) fn process(&mut self, input: &[i16], out: &mut [i16]) {
-        debug_assert_eq!(out.len(), input.len() * 2);
-        for (&x, pair) in input.iter().zip(out.chunks_exact_mut(2)) {
-            self.history.copy_within(1.., 0);
-            self.history[TAPS - 1] = f32::from(x);
-            // coeffs[j] meets x[n - j], which is history[TAPS - 1 - j].
-            let mut acc = 0f32;
-            for (c, h) in self.coeffs.iter().zip(self.history.iter().rev()) {
-                acc += c * h;
-            }
-            // x[n - TAPS/2], half a sample before the interpolated instant.
-            pair[0] = self.history[TAPS / 2 - 1] as i16;
-            // `as` saturates: the filter's overshoot on a full-scale step clips.
-            pair[1] = acc.round() as i16;
+        debug_assert!(input.len() <= MAX_INPUT && out.len() == input.len() * 2);
+        let n = input.len().min(MAX_INPUT);
+        for (b, &x) in self.buf[TAPS..TAPS + n].iter_mut().zip(input) {
+            *b = f32::from(x);
         }
+        for (k, pair) in out.chunks_exact_mut(2).take(n).enumerate() {
+            // The newest sample of this window is input[k], at buf[TAPS + k].
+            let window = &self.buf[k + 1..k + 1 + TAPS];
+            pair[0] = window[TAPS / 2 - 1] as i16;
+            // `as` saturates: the filter's overshoot on a full-scale step clips.
+            pair[1] = dot(&self.coeffs, window).round() as i16;
+        }
+        self.buf.copy_within(n..n + TAPS, 0);
+    }
+
+    /// Takes `input` into the history without computing output: for frames the detector
+    /// skips, so that the next frame it scores is interpolated from the true samples.
+    pub(crate) fn skip(&mut self, input: &[i16]) {
+        let n = input.len().min(MAX_INPUT);
+        for (b, &x) in self.buf[TAPS..TAPS + n].iter_mut().zip(input) {
+            *b = f32::from(x);
+        }
+        self.buf.copy_within(n..n + TAPS, 0);
     }
 
     /// Back to the state of a new stream.
     pub(crate) fn reset(&mut self) {
-        self.history = [0.0; TAPS];
+        self.buf = [0.0; TAPS + MAX_INPUT];
     }
+}
+
+/// Dot product with four accumulators, which lets the compiler use SIMD lanes.
+fn dot(a: &[f32; TAPS], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 4];
+    for (x, y) in a.chunks_exact(4).zip(b.chunks_exact(4)) {
+        for l in 0..4 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
 
 /// The zeroth-order modified Bessel function of the first kind, by its power series.
@@ -124,8 +149,8 @@ mod tests {
     fn upsample(input: &[i16], chunk: usize) -> Vec<i16> {
         let mut u = Upsampler2x::new();
         let mut out = vec![0i16; input.len() * 2];
-        for (i, c) in input.chunks(chunk).enumerate() {
-            let at = i * chunk * 2;
+        for (i, c) in input.chunks(chunk.min(MAX_INPUT)).enumerate() {
+            let at = i * chunk.min(MAX_INPUT) * 2;
             u.process(c, &mut out[at..at + c.len() * 2]);
         }
         out
@@ -159,10 +184,22 @@ mod tests {
     }
 
     #[test]
+    fn skipped_input_keeps_the_history_exact() {
+        let input = tone(700.0, 8_000.0, 384, 12_000.0);
+        let whole = upsample(&input, 128);
+        let mut u = Upsampler2x::new();
+        let mut out = vec![0i16; 256];
+        u.process(&input[..128], &mut out);
+        u.skip(&input[128..256]);
+        u.process(&input[256..], &mut out);
+        assert_eq!(out, whole[512..]);
+    }
+
+    #[test]
     fn chunks_do_not_change_the_output() {
         let input = tone(700.0, 8_000.0, 1_000, 12_000.0);
         assert_eq!(upsample(&input, 1), upsample(&input, 128));
-        assert_eq!(upsample(&input, 7), upsample(&input, 1_000));
+        assert_eq!(upsample(&input, 7), upsample(&input, 100));
     }
 
     #[test]
