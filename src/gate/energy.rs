@@ -11,8 +11,60 @@ const FULL_SCALE: f64 = 32768.0;
 /// (up to 128 ms) never reset it.
 pub(crate) const TAIL_FRAMES: u32 = 8;
 
-/// Sum of squares of a frame's samples: exact, in integers (a frame of 256 full-scale
-/// samples is below 2^39).
+/// Corner of the high-pass in front of every level measurement. Speech has little energy
+/// below it, while a microphone's DC offset, rumble and the slow swell of a fan (or brown
+/// noise) have most of theirs there: unfiltered they would swing the level by tens of dB
+/// and keep the network running on nothing. The forwarded audio is not filtered.
+pub(crate) const LEVEL_HIGH_PASS_HZ: f64 = 100.0;
+/// Below this the filter's state is set to zero: decaying towards silence it would
+/// otherwise pass through subnormal numbers, which are slow on many CPUs.
+const SUBNORMAL_GUARD: f32 = 1e-20;
+
+/// A first-order high-pass (a DC blocker with its corner at [`LEVEL_HIGH_PASS_HZ`]) whose
+/// output is only measured, never forwarded.
+#[derive(Debug, Clone)]
+pub(crate) struct LevelFilter {
+    pole: f32,
+    prev_in: f32,
+    prev_out: f32,
+}
+
+impl LevelFilter {
+    pub(crate) fn new(sample_rate: u32) -> LevelFilter {
+        let pole = (-std::f64::consts::TAU * LEVEL_HIGH_PASS_HZ / f64::from(sample_rate)).exp();
+        LevelFilter {
+            pole: pole as f32,
+            prev_in: 0.0,
+            prev_out: 0.0,
+        }
+    }
+
+    /// Sum of squares of the high-passed `frame`, in squared sample units.
+    pub(crate) fn sum_of_squares(&mut self, frame: &[i16]) -> u64 {
+        let mut sum = 0f32;
+        for &s in frame {
+            let x = f32::from(s);
+            let mut y = self.pole * (self.prev_out + x - self.prev_in);
+            if y.abs() < SUBNORMAL_GUARD {
+                y = 0.0;
+            }
+            self.prev_in = x;
+            self.prev_out = y;
+            sum += y * y;
+        }
+        // `as` saturates; a frame's sum is far below u64::MAX anyway.
+        sum.round() as u64
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.prev_in = 0.0;
+        self.prev_out = 0.0;
+    }
+}
+
+/// Sum of squares of a frame's samples, unfiltered: exact, in integers (a frame of 256
+/// full-scale samples is below 2^39).
+#[cfg(test)]
 pub(crate) fn sum_of_squares(frame: &[i16]) -> u64 {
     frame
         .iter()
@@ -170,6 +222,31 @@ impl NoiseFloor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn level_filter_removes_dc_and_rumble_and_keeps_the_speech_band() {
+        let frames = |f: &dyn Fn(usize) -> f64| -> Vec<i16> {
+            (0..64 * 256).map(|i| f(i).round() as i16).collect()
+        };
+        let level = |pcm: &[i16]| {
+            let mut lf = LevelFilter::new(16_000);
+            let mut last = 0;
+            for frame in pcm.chunks(256) {
+                last = lf.sum_of_squares(frame);
+            }
+            dbfs(last, 256)
+        };
+        let tone = |hz: f64, amp: f64| {
+            move |i: usize| amp * (std::f64::consts::TAU * hz * i as f64 / 16_000.0).sin()
+        };
+        let dc = frames(&|_| 3000.0);
+        assert!(level(&dc) < -90.0, "DC at {:.1} dBFS", level(&dc));
+        let speech_band = frames(&tone(1000.0, 10_000.0));
+        let plain = dbfs(sum_of_squares(&speech_band[63 * 256..]), 256);
+        assert!((level(&speech_band) - plain).abs() < 0.5);
+        let rumble = frames(&tone(10.0, 10_000.0));
+        assert!(level(&rumble) < plain - 15.0);
+    }
 
     #[test]
     fn levels_are_in_dbfs_of_a_square_wave() {

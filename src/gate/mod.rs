@@ -8,7 +8,8 @@
 //! audio is cut into chunks.
 //!
 //! Per 16 ms frame (256 samples at 16 kHz, 128 at 8 kHz):
-//! 1. a noise-floor tracker measures how far the frame stands out of the background;
+//! 1. the frame's level is measured above 100 Hz (DC, rumble and fan swell removed), and a
+//!    noise-floor tracker measures how far the frame stands out of the background;
 //! 2. an energy pre-gate runs the network only from a frame that could begin speech (above
 //!    [`GateConfig::energy_floor_dbfs`] and [`GateConfig::onset_above_floor_db`] out of the
 //!    background) until shortly after frames stop qualifying, or while the gate is open, so
@@ -57,7 +58,7 @@ pub use detector::{
 
 use crate::error::{Error, Result};
 use detector::sanitize;
-use energy::{NoiseFloor, PreGate, Qualifies, Verdict};
+use energy::{LevelFilter, NoiseFloor, PreGate, Qualifies, Verdict};
 use policy::{Frame, Hysteresis, Step};
 use preroll::PreRoll;
 use upsample::Upsampler2x;
@@ -193,6 +194,7 @@ pub struct Gate {
     warm: Box<[i16]>,
     upsampler: Option<Upsampler2x>,
     detector: Box<dyn Detector>,
+    level_filter: LevelFilter,
     pre_gate: PreGate,
     noise_floor: NoiseFloor,
     hysteresis: Hysteresis,
@@ -264,6 +266,7 @@ impl Gate {
             ),
             pre_gate: PreGate::new(config.energy_floor_dbfs, frame_len),
             noise_floor: NoiseFloor::new(),
+            level_filter: LevelFilter::new(sample_rate),
             idle_samples: config.idle_timeout_ms.map(samples),
             config,
             sample_rate,
@@ -391,6 +394,7 @@ impl Gate {
         self.frame_fill = 0;
         self.pre_gate.reset();
         self.noise_floor.reset();
+        self.level_filter.reset();
         self.detector.reset();
         if let Some(u) = &mut self.upsampler {
             u.reset();
@@ -400,7 +404,7 @@ impl Gate {
     /// Scores the frame just completed and steps the hysteresis.
     fn judge_frame(&mut self) -> Step {
         self.counters.frames += 1;
-        let sum = energy::sum_of_squares(&self.frame);
+        let sum = self.level_filter.sum_of_squares(&self.frame);
         let level_dbfs = energy::dbfs(sum, self.frame_len);
         let above_floor_db = self.noise_floor.above_floor_db(level_dbfs);
         let open = self.hysteresis.is_open();
