@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use gate_support::*;
 use qwen_asr_realtime::gate::{
-    Detector, Gate, GateConfig, Output, TurnMode, DETECTOR_FRAME_SAMPLES,
+    Detector, Gate, GateConfig, Output, SessionTimeline, TurnMode, DETECTOR_FRAME_SAMPLES,
 };
 use qwen_asr_realtime::resample::Resampler;
 use qwen_asr_realtime::SessionConfig;
@@ -395,6 +395,67 @@ fn idle_is_reported_once_per_closed_stretch_and_marks_the_next_onset() {
         kept.segments == run.segments,
         "idleness changed what was forwarded"
     );
+}
+
+/// The service's offsets count only the audio of the current session; the timeline maps
+/// them back to where the speech was captured, across gate closes and a session rollover at
+/// an idle report.
+#[test]
+fn session_offsets_map_back_to_the_device_timeline_across_closes_and_rollovers() {
+    let s = scene(Noise::Room, 100.0, &[3.0, 9.0, 70.0], None, 4);
+    let mut gate = Gate::new(GateConfig::default(), 16_000).unwrap();
+    let mut timeline = SessionTimeline::new(16_000, 64);
+    // (session number, session offset in samples) of every region's first sample, worked out
+    // from what was sent, as the service would count it.
+    let mut session = 0;
+    let mut found = Vec::new();
+    let mut checks = Vec::new();
+    for chunk in s.pcm.chunks(1600) {
+        gate.process(chunk, |o| match o {
+            Output::Audio {
+                samples, at_sample, ..
+            } => {
+                let end = at_sample + samples.len() as u64;
+                for (i, r) in s.regions.iter().enumerate() {
+                    let start = r.start as u64;
+                    if (at_sample..end).contains(&start) {
+                        let offset = timeline.sent_samples() + (start - at_sample);
+                        found.push((i, session, offset));
+                    }
+                }
+                timeline.record(at_sample, samples.len() as u64);
+            }
+            Output::Idle { .. } => {
+                // What the conversation does: end the session, map the rest of its events,
+                // then start counting afresh for the next one.
+                for &(i, sess, offset) in &found {
+                    if sess == session {
+                        checks.push((i, timeline.device_sample(offset)));
+                    }
+                }
+                session += 1;
+                timeline.new_session();
+            }
+            _ => {}
+        });
+    }
+    for &(i, sess, offset) in &found {
+        if sess == session {
+            checks.push((i, timeline.device_sample(offset)));
+        }
+    }
+    assert_eq!(session, 1, "one rollover");
+    assert_eq!(found.iter().map(|f| f.1).collect::<Vec<_>>(), [0, 0, 1]);
+    let want: Vec<(usize, Option<u64>)> = s
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i, Some(r.start as u64)))
+        .collect();
+    assert_eq!(checks, want);
+    // The second region's session offset is well before its device position: the gap
+    // between the utterances was never sent.
+    assert!(found[1].2 < s.regions[1].start as u64 - 3 * RATE as u64);
 }
 
 /// A detector that knows the answer: frames whose samples are all non-zero are speech.

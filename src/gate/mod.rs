@@ -46,6 +46,7 @@ mod detector;
 mod energy;
 mod policy;
 mod preroll;
+mod timeline;
 mod upsample;
 
 pub use config::{
@@ -55,6 +56,8 @@ pub use config::{
 pub use detector::{
     Detector, EarshotDetector, DETECTOR_FRAME_MS, DETECTOR_FRAME_SAMPLES, DETECTOR_RATE_HZ,
 };
+
+pub use timeline::{SessionTimeline, DEFAULT_TIMELINE_SEGMENTS};
 
 use crate::error::{Error, Result};
 use detector::sanitize;
