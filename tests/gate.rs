@@ -356,6 +356,7 @@ fn idle_is_reported_once_per_closed_stretch_and_marks_the_next_onset() {
             } => "opened after idle",
             Event::Closed { .. } => "closed",
             Event::Idle { .. } => "idle",
+            Event::Commit { .. } => "commit",
         })
         .collect();
     assert_eq!(
@@ -541,6 +542,77 @@ fn a_plugged_in_detector_drives_the_gate_to_the_sample() {
         seg.iter().map(|r| r.end - r.start).sum::<u64>()
     );
     assert_eq!(c.gated_samples, pcm.len() as u64 - c.forwarded_samples);
+}
+
+/// Manual mode takes at most 60 s per commit: a long utterance is committed at a pause late
+/// in it, or at the limit, and the audio goes on without a gap.
+#[test]
+fn long_manual_utterances_are_committed_at_a_pause_or_at_the_limit() {
+    let frame = DETECTOR_FRAME_SAMPLES;
+    let mut rng = Rng::new(2);
+    // In frames: 64 of silence, then "speech" (never-zero samples) with a one-frame pause
+    // every 125 frames (2 s) for 30 s, none for the next 25 s, pauses again for 45 s, then
+    // 2 s of silence. Every position is on the frame grid.
+    let lead = 64;
+    let mut pauses = Vec::new();
+    let mut f = lead + 125;
+    while f < lead + 30 * 125 / 2 {
+        pauses.push(f);
+        f += 125;
+    }
+    let quiet_until = lead + 55 * 125 / 2;
+    f = quiet_until;
+    while f < lead + 100 * 125 / 2 {
+        pauses.push(f);
+        f += 125;
+    }
+    let end = lead + 100 * 125 / 2;
+    let mut pcm = vec![0i16; end * frame + 2 * RATE];
+    for fr in lead..end {
+        if pauses.contains(&fr) {
+            continue;
+        }
+        for s in &mut pcm[fr * frame..(fr + 1) * frame] {
+            *s = (rng.range(1000..20_000) as i16) * if rng.uniform() < 0.5 { -1 } else { 1 };
+        }
+    }
+    let config = GateConfig::default()
+        .turn(TurnMode::Manual)
+        .keep_session_open()
+        .pre_roll_ms(0);
+    let resets = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut gate = Gate::with_detector(config, 16_000, Box::new(Oracle { resets })).unwrap();
+    let run = run_gate(&mut gate, &pcm, 1600);
+    let commits: Vec<u64> = run
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Commit { at } => Some(*at),
+            _ => None,
+        })
+        .collect();
+    let opened = (lead * frame) as u64;
+    assert!(
+        matches!(run.events[0], Event::Opened { at, .. } if at == opened),
+        "{:?}",
+        run.events
+    );
+    // No pause between 40 and 50 s into the utterance: committed at the limit, 50 s.
+    let first = opened + 50 * RATE as u64;
+    // Then the first pause (its frame's end) at least 40 s after that.
+    let second_commit = pauses
+        .iter()
+        .map(|p| ((p + 1) * frame) as u64)
+        .find(|&p| p >= first + 40 * RATE as u64)
+        .unwrap();
+    assert_eq!(commits, [first, second_commit], "{:?}", run.events);
+    // One continuous forwarded stretch, closed with the last commit.
+    assert_eq!(run.segments.len(), 1);
+    assert_eq!(run.openings(), 1);
+    assert!(matches!(
+        run.events.last(),
+        Some(Event::Closed { commit: true, .. })
+    ));
 }
 
 #[test]

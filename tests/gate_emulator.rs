@@ -33,7 +33,9 @@ fn stream_through_gate(conv: &Conversation, gate: &mut Gate, s: &Scene) -> Vec<u
             conv.append_pcm(samples).expect("append");
             sent += samples.len() as u64;
         }
-        Output::Closed { commit: true, .. } => conv.commit().expect("commit"),
+        Output::Closed { commit: true, .. } | Output::Commit { .. } => {
+            conv.commit().expect("commit")
+        }
         _ => {}
     };
     for chunk in s.pcm.chunks(1600) {

@@ -12,6 +12,12 @@ pub const SERVER_SILENCE_MARGIN_MS: u32 = 300;
 pub const MAX_PRE_ROLL_MS: u32 = 10_000;
 /// Longest hangover accepted.
 pub const MAX_HANGOVER_MS: u32 = 60_000;
+/// Most audio the service takes in one manual-mode commit: "continuous audio must not exceed
+/// 60 seconds" per commit, in the service's user guide.
+pub const MANUAL_COMMIT_LIMIT_MS: u32 = 60_000;
+/// How long before [`GateConfig::max_utterance_ms`] a manual-mode utterance may be split at
+/// a pause rather than in the middle of a word.
+pub const SPLIT_WINDOW_MS: u32 = 10_000;
 /// Longest onset run accepted.
 pub const MAX_ONSET_MS: u32 = 1_000;
 
@@ -99,6 +105,11 @@ pub struct GateConfig {
     /// speech and the detector does not run on them. Default -55 dBFS, below soft speech at
     /// a few metres and above a quiet room's self-noise on a typical MEMS microphone.
     pub energy_floor_dbfs: f64,
+    /// Manual mode only: an utterance is committed (and goes on) once it has lasted this
+    /// long, at the first pause in the [`SPLIT_WINDOW_MS`] before, or at the limit itself,
+    /// because the service takes at most [`MANUAL_COMMIT_LIMIT_MS`] per commit. Default
+    /// 50 s, at most the service's limit. (In server-VAD mode the service cuts utterances.)
+    pub max_utterance_ms: u32,
     /// After this much audio with the gate closed, the gate reports
     /// [`Output::Idle`](super::Output::Idle): the session may be ended and a new one opened at
     /// the next onset. `None` keeps the session open. Default 30 s.
@@ -118,6 +129,7 @@ impl Default for GateConfig {
             onset_ms: 48,
             energy_floor_dbfs: -55.0,
             idle_timeout_ms: Some(30_000),
+            max_utterance_ms: 50_000,
         }
     }
 }
@@ -205,6 +217,12 @@ impl GateConfig {
     /// Sets [`idle_timeout_ms`](GateConfig::idle_timeout_ms).
     pub fn idle_timeout_ms(mut self, ms: Option<u32>) -> Self {
         self.idle_timeout_ms = ms;
+        self
+    }
+
+    /// Sets [`max_utterance_ms`](GateConfig::max_utterance_ms).
+    pub fn max_utterance_ms(mut self, ms: u32) -> Self {
+        self.max_utterance_ms = ms;
         self
     }
 
@@ -296,6 +314,16 @@ impl GateConfig {
                 format!(
                     "{} is not a level at or below 0 dBFS",
                     self.energy_floor_dbfs
+                ),
+            );
+        }
+        if self.max_utterance_ms < SPLIT_WINDOW_MS || self.max_utterance_ms > MANUAL_COMMIT_LIMIT_MS
+        {
+            return bad(
+                "gate.max_utterance_ms",
+                format!(
+                    "{} ms is outside {SPLIT_WINDOW_MS}..={MANUAL_COMMIT_LIMIT_MS} ms",
+                    self.max_utterance_ms
                 ),
             );
         }

@@ -50,8 +50,9 @@ mod timeline;
 mod upsample;
 
 pub use config::{
-    GateConfig, TurnMode, MAX_HANGOVER_MS, MAX_ONSET_MS, MAX_PRE_ROLL_MS,
+    GateConfig, TurnMode, MANUAL_COMMIT_LIMIT_MS, MAX_HANGOVER_MS, MAX_ONSET_MS, MAX_PRE_ROLL_MS,
     NARROWBAND_OFFSET_THRESHOLD, NARROWBAND_ONSET_THRESHOLD, SERVER_SILENCE_MARGIN_MS,
+    SPLIT_WINDOW_MS,
 };
 pub use detector::{
     Detector, EarshotDetector, DETECTOR_FRAME_MS, DETECTOR_FRAME_SAMPLES, DETECTOR_RATE_HZ,
@@ -111,6 +112,15 @@ pub enum Output<'a> {
         speech_end_sample: u64,
         /// True in manual mode: send `input_audio_buffer.commit` now.
         commit: bool,
+    },
+    /// Manual mode: the utterance has lasted [`GateConfig::max_utterance_ms`] (or nearly,
+    /// and paused): send `input_audio_buffer.commit` now; the gate stays open and the audio
+    /// goes on, contiguous.
+    Commit {
+        /// Position of the first sample after the committed audio.
+        at_sample: u64,
+        /// [`at_sample`](Output::Commit::at_sample) in ms.
+        at_ms: u64,
     },
     /// The gate has been closed for [`GateConfig::idle_timeout_ms`]: end the session; the next
     /// `Opened` has `after_idle` set. Reported once per closed stretch.
@@ -206,6 +216,10 @@ pub struct Gate {
     pos: u64,
     /// Where the gate last closed (or the stream began): the start of the closed stretch.
     closed_at: u64,
+    /// Where the audio of the current manual-mode utterance began (its last commit).
+    utterance_at: u64,
+    /// Manual mode: utterance lengths at which a pause splits it, and at which it is split.
+    split_samples: Option<(u64, u64)>,
     idle_samples: Option<u64>,
     idle_reported: bool,
     last_score: f32,
@@ -260,6 +274,10 @@ impl Gate {
         // opens (the onset is only known at the run's end).
         let preroll =
             PreRoll::new(samples(config.pre_roll_ms) as usize + onset_frames as usize * frame_len);
+        let split_samples = (config.turn == TurnMode::Manual).then(|| {
+            let max = samples(config.max_utterance_ms);
+            (max - samples(SPLIT_WINDOW_MS), max)
+        });
         Ok(Gate {
             hysteresis: Hysteresis::new(
                 (config.onset_threshold, config.onset_above_floor_db),
@@ -283,6 +301,8 @@ impl Gate {
             preroll,
             pos: 0,
             closed_at: 0,
+            utterance_at: 0,
+            split_samples,
             idle_reported: false,
             last_score: 0.0,
             last_level_dbfs: f64::NEG_INFINITY,
@@ -362,6 +382,18 @@ impl Gate {
             }
             self.frame_fill = 0;
             match self.judge_frame() {
+                Step::Stay if self.hysteresis.is_open() => {
+                    if self.split_due() {
+                        if let Some(from) = forward_from.replace(i) {
+                            self.forward(&pcm[from..i], start + from as u64, &mut emit);
+                        }
+                        self.utterance_at = self.pos;
+                        emit(Output::Commit {
+                            at_sample: self.pos,
+                            at_ms: self.samples_to_ms(self.pos),
+                        });
+                    }
+                }
                 Step::Stay => self.check_idle(&mut emit),
                 Step::Open { run_frames } => {
                     self.open(run_frames, &mut emit);
@@ -477,10 +509,21 @@ impl Gate {
         });
     }
 
+    /// Whether a long manual-mode utterance is to be committed at this frame's end: at a
+    /// frame without speech late in it, or at its limit.
+    fn split_due(&self) -> bool {
+        let Some((soft, hard)) = self.split_samples else {
+            return false;
+        };
+        let length = self.pos - self.utterance_at;
+        length >= hard || (length >= soft && self.hysteresis.silent_frames() > 0)
+    }
+
     /// Opens at the current position: reports it, then forwards the pre-roll.
     fn open(&mut self, run_frames: u32, emit: &mut impl FnMut(Output<'_>)) {
         let held = self.preroll.len() as u64;
         let at_sample = self.pos - held;
+        self.utterance_at = at_sample;
         let speech_at_sample = self
             .pos
             .saturating_sub(u64::from(run_frames) * self.frame_len as u64)

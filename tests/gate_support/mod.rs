@@ -299,6 +299,9 @@ pub enum Event {
     Idle {
         at: u64,
     },
+    Commit {
+        at: u64,
+    },
 }
 
 impl Run {
@@ -333,6 +336,7 @@ impl Run {
                 commit,
             }),
             Output::Idle { at_sample, .. } => self.events.push(Event::Idle { at: at_sample }),
+            Output::Commit { at_sample, .. } => self.events.push(Event::Commit { at: at_sample }),
             other => panic!("unexpected output {other:?}"),
         }
     }
