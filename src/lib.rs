@@ -12,6 +12,9 @@ mod client;
 pub mod config;
 pub mod error;
 mod events;
+#[cfg(feature = "gate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gate")))]
+pub mod gate;
 mod io;
 mod net;
 #[cfg(feature = "opus")]
