@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 /// The model used when none is given: the stable alias, currently served by the dated snapshot
-/// `qwen3-asr-flash-realtime-2025-10-27` (protocol.md §1.1).
+/// `qwen3-asr-flash-realtime-2025-10-27` (as of the service's documentation of late 2025).
 pub const DEFAULT_MODEL: &str = "qwen3-asr-flash-realtime";
 
 /// China (Beijing) endpoint; the default, as in both official SDKs.
@@ -26,12 +26,12 @@ pub const API_KEY_ENV: &str = "DASHSCOPE_API_KEY";
 /// The environment variable naming a file whose first line is the API key (Java SDK).
 pub const API_KEY_FILE_ENV: &str = "DASHSCOPE_API_KEY_FILE_PATH";
 
-/// The gateway closes the socket (1009) on a frame larger than this (protocol.md §1.4,
-/// observed; the documented 15 MiB per `audio` field is not what the gateway enforces).
+/// The gateway closes the socket (1009) on a frame larger than this (observed against the
+/// live gateway; the documented 15 MiB per `audio` field is not what it enforces).
 pub const GATEWAY_MAX_FRAME_BYTES: usize = 262_144;
 
 /// The language codes the service accepts for `input_audio_transcription.language`
-/// (protocol.md §4.3, 27 codes). Omitting the language means automatic detection.
+/// (the 27 codes of its documentation). Omitting the language means automatic detection.
 pub const LANGUAGES: [&str; 27] = [
     "zh", "yue", "en", "ja", "de", "ko", "ru", "fr", "pt", "ar", "it", "es", "hi", "id", "th",
     "tr", "uk", "vi", "cs", "da", "fil", "fi", "is", "ms", "no", "pl", "sv",
@@ -113,6 +113,38 @@ pub struct Timeouts {
     pub end_session: Duration,
 }
 
+impl Timeouts {
+    /// Sets [`connect`](Self::connect).
+    pub fn connect(mut self, connect: Duration) -> Self {
+        self.connect = connect;
+        self
+    }
+
+    /// Sets [`handshake`](Self::handshake).
+    pub fn handshake(mut self, handshake: Duration) -> Self {
+        self.handshake = handshake;
+        self
+    }
+
+    /// Sets [`session_created`](Self::session_created).
+    pub fn session_created(mut self, session_created: Duration) -> Self {
+        self.session_created = session_created;
+        self
+    }
+
+    /// Sets [`session_updated`](Self::session_updated).
+    pub fn session_updated(mut self, session_updated: Duration) -> Self {
+        self.session_updated = session_updated;
+        self
+    }
+
+    /// Sets [`end_session`](Self::end_session).
+    pub fn end_session(mut self, end_session: Duration) -> Self {
+        self.end_session = end_session;
+        self
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
@@ -139,6 +171,26 @@ pub struct Keepalive {
     /// TCP keepalive idle time on the socket (the kernel probes after it); `None` leaves the
     /// socket's default. Default 30 s.
     pub tcp_keepalive: Option<Duration>,
+}
+
+impl Keepalive {
+    /// Sets [`ping_interval`](Self::ping_interval).
+    pub fn ping_interval(mut self, ping_interval: Option<Duration>) -> Self {
+        self.ping_interval = ping_interval;
+        self
+    }
+
+    /// Sets [`dead_peer_timeout`](Self::dead_peer_timeout).
+    pub fn dead_peer_timeout(mut self, dead_peer_timeout: Duration) -> Self {
+        self.dead_peer_timeout = dead_peer_timeout;
+        self
+    }
+
+    /// Sets [`tcp_keepalive`](Self::tcp_keepalive).
+    pub fn tcp_keepalive(mut self, tcp_keepalive: Option<Duration>) -> Self {
+        self.tcp_keepalive = tcp_keepalive;
+        self
+    }
 }
 
 impl Default for Keepalive {
@@ -186,6 +238,36 @@ impl Default for ReconnectPolicy {
 }
 
 impl ReconnectPolicy {
+    /// Sets [`max_attempts`](Self::max_attempts).
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// Sets [`initial_backoff`](Self::initial_backoff).
+    pub fn initial_backoff(mut self, initial_backoff: Duration) -> Self {
+        self.initial_backoff = initial_backoff;
+        self
+    }
+
+    /// Sets [`max_backoff`](Self::max_backoff).
+    pub fn max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.max_backoff = max_backoff;
+        self
+    }
+
+    /// Sets [`jitter`](Self::jitter).
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Sets [`replay_window`](Self::replay_window).
+    pub fn replay_window(mut self, replay_window: Duration) -> Self {
+        self.replay_window = replay_window;
+        self
+    }
+
     /// The wait before attempt `attempt` (1-based), before jitter.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32 << attempt.saturating_sub(1).min(16);
@@ -410,6 +492,36 @@ impl ConnectParams {
         Self::default()
     }
 
+    /// Sets [`data_inspection`](Self::data_inspection).
+    pub fn data_inspection(mut self, data_inspection: bool) -> Self {
+        self.data_inspection = data_inspection;
+        self
+    }
+
+    /// Sets [`max_frame_bytes`](Self::max_frame_bytes).
+    pub fn max_frame_bytes(mut self, max_frame_bytes: usize) -> Self {
+        self.max_frame_bytes = max_frame_bytes;
+        self
+    }
+
+    /// Sets [`send_queue_frames`](Self::send_queue_frames).
+    pub fn send_queue_frames(mut self, send_queue_frames: usize) -> Self {
+        self.send_queue_frames = send_queue_frames;
+        self
+    }
+
+    /// Sets [`event_capacity`](Self::event_capacity).
+    pub fn event_capacity(mut self, event_capacity: usize) -> Self {
+        self.event_capacity = event_capacity;
+        self
+    }
+
+    /// Sets [`max_incoming_message_bytes`](Self::max_incoming_message_bytes).
+    pub fn max_incoming_message_bytes(mut self, max_incoming_message_bytes: usize) -> Self {
+        self.max_incoming_message_bytes = max_incoming_message_bytes;
+        self
+    }
+
     /// Sets [`send_buffer_bytes`](Self::send_buffer_bytes).
     pub fn send_buffer_bytes(mut self, bytes: Option<usize>) -> Self {
         self.send_buffer_bytes = bytes;
@@ -541,7 +653,8 @@ impl ConnectParams {
 }
 
 /// The audio format announced in `session.update`. PCM is 16-bit signed little-endian mono;
-/// Opus is passed through as given (its framing is undocumented, protocol.md §6.5).
+/// Opus is passed through as given: the service documents `opus` but not its framing (see the
+/// `opus` module, feature `opus`, for the Ogg Opus stream this crate can write).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AudioFormat {
     /// 16-bit signed little-endian mono PCM.
@@ -590,7 +703,7 @@ pub struct SessionConfig {
     /// the caller commits each utterance.
     pub turn_detection: Option<TurnDetection>,
     /// One of [`LANGUAGES`], or `None` for automatic detection. Setting a language that does
-    /// not match the audio can make the service translate (protocol.md §6.11).
+    /// not match the audio can make the service translate into it (observed).
     pub language: Option<String>,
     /// 16000 or 8000 Hz.
     pub sample_rate: u32,
@@ -722,7 +835,8 @@ impl SessionConfig {
     }
 
     /// The `session.update` event, with the keys and order of the official Python SDK
-    /// (protocol.md §2.1), so the service sees what it sees from the SDKs: `modalities`,
+    /// (`OmniRealtimeConversation.update_session`), so the service sees what it sees from the
+    /// SDKs: `modalities`,
     /// `voice: null` and `output_audio_format` are Omni leftovers the SDKs always send, and
     /// `prefix_padding_ms: 300` is the SDKs' constant.
     pub(crate) fn to_update_json(&self, event_id: &str) -> String {

@@ -1,5 +1,63 @@
 //! A blocking, thread-based client for Alibaba Cloud's Qwen-ASR-Realtime speech recognition
-//! service (`qwen3-asr-flash-realtime`), for embedded Linux. See the README for an overview.
+//! service (`qwen3-asr-flash-realtime`), for embedded Linux: a Raspberry Pi voice terminal
+//! streams its microphone to the service and gets live transcripts back. No async runtime.
+//!
+//! ```no_run
+//! use qwen_asr_realtime::{ConnectParams, Conversation, EventKind, SessionConfig};
+//! # fn main() -> qwen_asr_realtime::Result<()> {
+//! let conv = Conversation::start(ConnectParams::new(), &SessionConfig::vad())?;
+//! conv.append_pcm(&[0i16; 1600])?; // 100 ms of 16 kHz mono PCM
+//! conv.end_session_async()?;
+//! for event in conv.iter() {
+//!     if let EventKind::Completed(c) = &event.kind {
+//!         println!("{}", c.transcript);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Threads, and who owns what
+//! - **The caller's threads** hold a [`Conversation`] and any number of [`AudioSender`]s.
+//!   They never touch the socket but through the link's one send operation.
+//! - **One I/O thread per conversation** owns the connection: it sleeps in `poll(2)` on the
+//!   socket and a wake-up eventfd (the keepalive deadline is its only timeout, so an idle
+//!   conversation costs no CPU), reads and parses server events, writes what was queued,
+//!   keeps the link alive, and replaces it when it dies. It is joined on
+//!   [`close`](Conversation::close), [`end_session`](Conversation::end_session) and drop.
+//! - **One capture thread per microphone** ([`capture`], feature `alsa`), joined when the
+//!   [`Capture`] stops or is dropped; optionally **one callback thread** ([`CallbackThread`]).
+//!
+//! # The way of a chunk
+//! [`Conversation::append_pcm`] → [`AudioSender::append_pcm`] → the outbox cuts it into
+//! frames (base64 written straight into one reused buffer, under the append lock so that two
+//! threads' audio never interleaves) → `Link::try_send`: if nothing has to go first and the
+//! socket has room, the caller's own thread writes it (`send(2)`); otherwise it is queued and
+//! the I/O thread writes it with the same call. The queue is bounded, and so is the kernel's
+//! send buffer ([`ConnectParams::send_buffer_bytes`]): a blocking append waits while the link
+//! is backed up, a `try_` append returns [`TryAppendError::Full`], and with
+//! [`ConnectParams::max_backlog`] the oldest queued audio is dropped, reported, instead.
+//!
+//! # Guarantees
+//! - **Order**: events arrive in the order the server sent them, on one stream with one
+//!   consumer ([`Events`], [`Conversation::take_events`]); the library's own events
+//!   (`client.*`, see [`EventKind`]) take their place among them.
+//! - **No silent loss**: every millisecond of audio handed to an append is transcribed, or
+//!   reported in a `client.audio_dropped` event ([`EventKind::AudioDropped`]), however the
+//!   conversation ends: a close by the caller, `end_session` failing or timing out, the server
+//!   going away, a reconnect giving up, even a panic on the I/O thread. Audio sent but without
+//!   a result is kept in a replay window (in milliseconds) and sent again after a reconnect;
+//!   what falls out of it is reported. [`Conversation::stats`] shows the accounting.
+//! - **`client.closed` is always the last event**, and the stream ends after it.
+//! - **Hostile input**: nothing the server sends can panic the client; numbers are saturated
+//!   or ignored, malformed frames become `client.malformed` events.
+//! - **Secrets**: the API key, header values and proxy credentials never appear in `Debug`
+//!   output, errors or logs.
+//!
+//! # Features
+//! `native-tls` (default; `wss://` through the system OpenSSL), `native-tls-vendored`,
+//! `alsa` (default; microphone capture), `gate` (an on-device speech gate), `opus` (an Ogg
+//! Opus encoder). The emulator of the service that the tests use is its own crate,
+//! `qwen-asr-emulator`.
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

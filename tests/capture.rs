@@ -1,5 +1,5 @@
 //! Capture through the real alsa-lib without a sound card: ALSA `file` PCMs over `null`
-//! whose `infile` is a raw file this test writes (toolchain.md §3). The `file` PCM is not
+//! whose `infile` is a raw file this test writes (alsa-lib's `file` plugin over the `null` PCM). The `file` PCM is not
 //! paced in real time and returns near-silence after its infile ends, so every sink here
 //! stops taking audio (answers Closed) before the capture could read past the file's end.
 #![cfg(feature = "alsa")]

@@ -60,7 +60,7 @@ impl std::fmt::Debug for Conversation {
 
 impl Conversation {
     /// Connects and returns once `session.created` has arrived (it is also the first event
-    /// in [`events`](Self::events)), after checking that the session serves the model asked
+    /// in the event stream), after checking that the session serves the model asked
     /// for. The API key is `params.api_key`, else it is resolved from the environment
     /// ([`ApiKey::from_env`]).
     pub fn connect(params: ConnectParams) -> Result<Conversation> {

@@ -557,7 +557,8 @@ impl IoThread {
             }
             // An error that names another client event (an append, say) is not the answer.
             // One that names none is taken as the answer, as the Python SDK takes any error:
-            // the server does not always say which event it refers to (protocol.md §3.1).
+            // the server does not always say which event it refers to (its `error.event_id`
+            // is optional).
             EventKind::Error(e) => {
                 let answers = |id: &str| e.event_id.as_deref().is_none_or(|cause| cause == id);
                 if let Some((id, w)) = waiters.update.take() {

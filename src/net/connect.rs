@@ -707,7 +707,7 @@ fn wait_session_created(
     }
 }
 
-/// The service silently serves another model for a misspelled name (protocol.md §1.1), so
+/// The service silently serves another model for a misspelled name (the service's own behaviour), so
 /// the model in `session.created` must be the one asked for or a dated snapshot of it
 /// (`<model>-YYYY-MM-DD`). A `session.created` without a model cannot be checked; we accept
 /// it with a warning rather than refuse a server that simply omits the field.

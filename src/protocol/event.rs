@@ -1,7 +1,8 @@
 //! Events: what the server sends (typed, with the raw JSON kept), what the library itself
 //! raises (`client.*`), and the client events we write on the wire.
 //!
-//! Server events follow protocol.md §3. Every field the service controls is optional here:
+//! Server events are the service's documented ones (`session.*`, `input_audio_buffer.*`,
+//! `conversation.item.*`, `error`). Every field the service controls is optional here:
 //! the docs and live captures disagree on which are always present, and a missing field must
 //! not cost the caller the event.
 
@@ -574,7 +575,7 @@ mod tests {
         Event::parse(s.to_owned())
     }
 
-    // Every server event example of protocol.md §3, verbatim.
+    // Every server event example of the service's documentation, verbatim.
     #[test]
     fn parses_the_documented_server_events() {
         let e = parse(

@@ -542,7 +542,7 @@ fn value(c: &mut Choices, out: &mut String, depth: usize) {
     }
 }
 
-/// The documented server events of protocol.md §3 and a few variations, as parser seeds.
+/// The service's documented server events and a few variations, as parser seeds.
 pub const EVENT_SEEDS: &[(&str, &str)] = &[
     (
         "error",
