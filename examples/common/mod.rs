@@ -8,7 +8,7 @@ use std::time::Duration;
 use qwen_asr_realtime::config::{ApiKey, API_KEY_ENV};
 use qwen_asr_realtime::emulator::{Emulator, EmulatorConfig};
 use qwen_asr_realtime::{
-    ConnectParams, Conversation, Error, Event, EventKind, ReconnectPolicy, SessionConfig,
+    ConnectParams, Conversation, Error, Event, EventKind, Keepalive, ReconnectPolicy, SessionConfig,
 };
 
 /// The options the examples have in common.
@@ -30,6 +30,8 @@ pub const COMMON_OPTIONS: &str = "  --url URL          service endpoint (default
                      library's own events with a type starting client.
   --no-reconnect     end on a dropped connection instead of reconnecting and replaying the
                      audio whose transcript had not come back
+  --ping-ms N        a WebSocket ping every N ms (default 10000)
+  --dead-peer-ms N   nothing received for N ms means the link is dead: reconnect (default 20000)
   -h, --help         this help";
 
 /// Parsed options.
@@ -48,6 +50,9 @@ pub struct Options {
     pub json: bool,
     pub realtime: bool,
     pub reconnect: bool,
+    /// `--ping-ms`, `--dead-peer-ms`: the library's defaults when unset.
+    pub ping_ms: Option<u64>,
+    pub dead_peer_ms: Option<u64>,
     pub device: Option<String>,
     pub seconds: Option<f64>,
     pub positional: Vec<String>,
@@ -90,6 +95,8 @@ fn try_parse(
             "--context",
             "--chunk-ms",
             "--ca-cert",
+            "--ping-ms",
+            "--dead-peer-ms",
         ];
         let (name, inline) = match arg.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
@@ -129,6 +136,16 @@ fn try_parse(
                     ))?
             }
             "--ca-cert" => o.ca_certs.push(value),
+            "--ping-ms" | "--dead-peer-ms" => {
+                let ms = value.parse().ok().filter(|n| *n > 0).ok_or(format!(
+                    "{name} takes a positive whole number, not {value:?}"
+                ))?;
+                if name == "--ping-ms" {
+                    o.ping_ms = Some(ms);
+                } else {
+                    o.dead_peer_ms = Some(ms);
+                }
+            }
             "--device" if extra_valued.contains(&"--device") => o.device = Some(value),
             "--seconds" if extra_valued.contains(&"--seconds") => {
                 o.seconds = Some(
@@ -180,6 +197,14 @@ pub fn connect(
     if let Some(m) = &o.model {
         params = params.model(m.clone());
     }
+    let mut keepalive = Keepalive::default();
+    if let Some(ms) = o.ping_ms {
+        keepalive.ping_interval = Some(Duration::from_millis(ms));
+    }
+    if let Some(ms) = o.dead_peer_ms {
+        keepalive.dead_peer_timeout = Duration::from_millis(ms);
+    }
+    params = params.keepalive(keepalive);
     let have_key = o.api_key.is_some() || ApiKey::from_env().is_ok();
     let use_emulator = o.emulator || (!have_key && o.url.is_none());
     let mut emulator = None;
