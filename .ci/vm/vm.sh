@@ -130,17 +130,20 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 $(cat "$run/insmod")
 # 9p's default 8 KiB messages make reading the host's binaries slow; 512 KiB is the most
-# virtio-9p transfers at once.
-o=trans=virtio,version=9p2000.L,msize=512000,cache=loose
-mount -t 9p -o ro,\$o hostroot /lower
+# virtio-9p transfers at once. The read-only root is cached; the results folder is not, so
+# that what the command writes is on the host at once (and not lost if the VM dies).
+o=trans=virtio,version=9p2000.L,msize=512000
+mount -t 9p -o ro,cache=loose,\$o hostroot /lower
 mount -t tmpfs -o size=512m tmpfs /upper
 mkdir -p /upper/data /upper/work
 mount -t overlay -o lowerdir=/lower,upperdir=/upper/data,workdir=/upper/work overlay /newroot
-for fs in proc:proc sysfs:sys devtmpfs:dev tmpfs:tmp tmpfs:run; do
+for fs in proc:proc sysfs:sys devtmpfs:dev tmpfs:run; do
     mount -t \${fs%%:*} \${fs%%:*} /newroot/\${fs#*:}
 done
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts
+ln -s /proc/self/fd /newroot/dev/fd
+ln -s fd/0 /newroot/dev/stdin; ln -s fd/1 /newroot/dev/stdout; ln -s fd/2 /newroot/dev/stderr
 mount -t tmpfs tmpfs /newroot/dev/shm
 if [ -n "$results" ]; then
     mkdir -p "/newroot$results"
@@ -162,18 +165,28 @@ if [ -n "$results" ]; then
     virtfs+=(-virtfs "local,path=$results,mount_tag=results,security_model=none")
 fi
 # The host's side of the bound: the command's own timeout, plus boot and power-off.
-set +e
-timeout -k 10 "$((timeout_s + 120))" qemu-system-x86_64 \
-    -accel tcg -cpu max -smp 2 -m 1G \
-    -no-reboot -nographic -nic none -monitor none -serial stdio \
-    -device virtio-rng-pci \
-    -kernel "$kernel" -initrd "$run/initramfs.gz" \
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 oops=panic rdinit=/init" \
-    "${virtfs[@]}" < /dev/null 2>&1 \
-    | sed -u 's/\r//g' | tee "$run/console" \
-    | sed -u -n '/vm-command-start$/,/^vm-exit-status=/{/^vm-/!p}'
-status=${PIPESTATUS[0]}
-set -e
+# A boot can fail before the command starts (under TCG on a busy host the kernel's timer
+# checks have been seen to panic): that is retried, a failure once the command ran is not.
+boot() {
+    set +e
+    timeout -k 10 "$((timeout_s + 120))" qemu-system-x86_64 \
+        -accel tcg -cpu max -smp 2 -m 1G \
+        -no-reboot -nographic -nic none -monitor none -serial stdio \
+        -device virtio-rng-pci \
+        -kernel "$kernel" -initrd "$run/initramfs.gz" \
+        -append "console=ttyS0 quiet loglevel=3 panic=-1 oops=panic no_timer_check rdinit=/init" \
+        "${virtfs[@]}" < /dev/null 2>&1 \
+        | sed -u 's/\r//g' | tee "$run/console" \
+        | sed -u -n '/vm-command-start$/,/^vm-exit-status=/{/^vm-/!p}'
+    status=${PIPESTATUS[0]}
+    set -e
+}
+for attempt in 1 2 3; do
+    boot
+    grep -q 'vm-command-start$' "$run/console" && break
+    echo "vm.sh: boot $attempt failed before the command started (qemu exit $status); its console:" >&2
+    cat "$run/console" >&2
+done
 rc=$(sed -n 's/^vm-exit-status=\([0-9]*\)$/\1/p' "$run/console" | tail -n 1)
 if [ -z "$rc" ]; then
     echo "vm.sh: the VM ended without the command's exit status (qemu exit $status); its console:" >&2
