@@ -18,7 +18,10 @@ for pkg in qemu-system-x86 busybox-static cpio kmod alsa-utils sox espeak-ng ipr
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
-    timeout 600 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # A fresh machine may have no package lists yet.
+    timeout 600 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+        || { timeout 600 apt-get update -qq && timeout 600 apt-get install -y -qq \
+            --no-install-recommends "${missing[@]}" >/dev/null; }
 fi
 
 # Optimized builds: under emulation a debug build of mic needs more than a whole CPU to capture

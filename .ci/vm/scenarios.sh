@@ -87,15 +87,17 @@ client_wait() {
 ip link set dev lo mtu 1500
 tc qdisc replace dev lo root handle 1: prio bands 16 priomap 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0
 shape() {
-    local band=$((number + 1))
+    local band=$((number + 1)) way
     tc qdisc replace dev lo parent 1:$band handle $((band + 100)): "$@" || return 1
-    for dir in sport dport; do
-        tc filter add dev lo parent 1: protocol ip prio 1 u32 match ip $dir "$port" 0xffff flowid 1:$band
+    for way in sport dport; do
+        tc filter add dev lo parent 1: protocol ip prio 1 u32 match ip $way "$port" 0xffff flowid 1:$band
     done
     mark "shape $*"
 }
+# Back to a perfect link, for a netem shaping only (the kernel refuses to swap a band's qdisc
+# for one of another kind in place, and deleting it would leave a band that drops all).
 unshape() {
-    tc qdisc replace dev lo parent 1:$((number + 1)) handle $((number + 101)): pfifo
+    tc qdisc change dev lo parent 1:$((number + 1)) handle $((number + 101)): netem
     mark unshape
 }
 
@@ -170,7 +172,6 @@ wifi() {
     shape netem delay 80ms 40ms loss 1%
     file_start "$audio/speech14.wav"
     client_wait 1200
-    unshape
 }
 
 blackout() {
@@ -196,7 +197,6 @@ slow_link() {
     file_start "$audio/speech6.wav"
     sample_rss
     client_wait 600
-    unshape
 }
 
 slow_link_mic() {
@@ -210,7 +210,6 @@ slow_link_mic() {
     sample_rss
     client_wait 600
     wait_bounded "$play" 100
-    unshape
 }
 
 gate() {
@@ -237,7 +236,6 @@ opus_slow_link() {
     shape tbf rate 128kbit burst 16kb latency 400ms
     file_start --opus "$audio/speech6.wav"
     client_wait 600
-    unshape
 }
 
 run_one() {

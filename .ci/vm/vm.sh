@@ -6,10 +6,10 @@
 #
 # The VM sees the host's / read-only (over virtio-9p, with a tmpfs overlay on top so that
 # programs can write), DIR writable at the same path as on the host, and the same working
-# folder; so programs built on the host run unchanged. COMMAND runs as root in a shell with
-# the host's PATH, under `timeout SECONDS`; its output is printed here and its exit status is
-# this script's (124 when it timed out; 125 when the VM itself failed or hung). The VM always
-# powers off, and every wait on this side is bounded too.
+# folder (/proc, /sys, /dev and /run are the VM's own); so programs built on the host run
+# unchanged. COMMAND runs as root with the host's PATH, under `timeout SECONDS`; its output is
+# printed here and its exit status is this script's (124 when it timed out; 125 when the VM
+# itself failed or hung). The VM always powers off; every wait on this side is bounded too.
 #
 # Only Debian packages: the kernel is `apt-get download`ed and unpacked into a cache folder
 # ($VM_CACHE, default ~/.cache/qwen-asr-realtime-vm), never installed. KVM is not used: some
@@ -45,14 +45,23 @@ for pkg in qemu-system-x86 busybox-static cpio kmod; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "vm.sh: installing ${missing[*]}" >&2
-    timeout 600 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # A fresh machine may have no package lists yet.
+    timeout 600 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+        || { timeout 600 apt-get update -qq && timeout 600 apt-get install -y -qq \
+            --no-install-recommends "${missing[@]}" >/dev/null; }
 fi
 
 cache=${VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qwen-asr-realtime-vm}
 mkdir -p "$cache"
 # The kernel that bookworm's linux-image-amd64 points at today; a cached one is reused.
-kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null \
-    | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n 1)
+kernel_package() {
+    apt-cache depends linux-image-amd64 2>/dev/null \
+        | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n 1
+}
+kpkg=$(kernel_package)
+if [ -z "$kpkg" ] && timeout 600 apt-get update -qq; then
+    kpkg=$(kernel_package)
+fi
 if [ -z "$kpkg" ]; then
     # No package lists (offline, or apt-get update not run): any kernel already unpacked.
     kpkg=$(cd "$cache" && ls -d linux-image-* 2>/dev/null | sort -V | tail -n 1 || true)
@@ -78,6 +87,8 @@ if [ ! -f "$kroot/.unpacked" ]; then
     # The package ships no modules.dep (its postinst makes it); modprobe needs one.
     depmod -b "$kroot" "$kver"
     touch "$kroot/.unpacked"
+    # Kernels that the archive has since replaced are not needed again.
+    find "$cache" -mindepth 1 -maxdepth 1 -name 'linux-image-*' ! -name "$kpkg" -exec rm -rf {} +
 fi
 kver=$(ls "$kroot/lib/modules" | head -n 1)
 kernel=$kroot/boot/vmlinuz-$kver
