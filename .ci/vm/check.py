@@ -231,41 +231,56 @@ def match_sentences(sc, src, sentences, recv, label, lag_range):
 
 
 MATCHED = 0.8  # envelope correlation of a sentence that arrived (unrelated speech: < 0.5)
+# How far (s) an overrun's place in what was played may be from where its report puts it: the
+# report comes after the loss, and the player's start is known only to a process start.
+OVERRUN_SLACK_S = 0.5
 
 
-def capture_48k(sc):
-    events = sc.events()
-    check_ending(sc, events)
-    recv = capture_common(sc, sc.sessions())
-    src = wav_pcm(os.path.join(sc.audio, "speech3.wav"))
-    sentences = manifest(os.path.join(sc.audio, "speech3.txt"))
-    overruns = [e for _, e in events if e["type"] == "client.capture_overrun"]
-    sc.check(not overruns, f"no overruns while nothing froze the capture (got {len(overruns)})")
-    # The player starts before the capture, and the first second or so that it plays can
-    # precede the capture's start: the received audio starts up to a few seconds into the
-    # source (a negative lag), depending on how fast mic starts in the VM.
-    found = match_sentences(sc, src, sentences, recv, "sentence", (-400, 100))
-    found = expected_only(sc, found)
-    lags = {lag for _, lag, c in found}
-    sc.check(
-        len(found) >= 2 and all(c >= MATCHED for _, _, c in found),
-        f"every sentence played after the capture started arrived ({len(found)} of them; "
-        f"envelope correlation >= {MATCHED})",
-    )
-    sc.check(
-        len(lags) == 1 or (lags and max(lags) - min(lags) <= 1),
-        f"all at one offset (no audio lost or repeated between them): lags {sorted(l * 10 for l in lags)} ms",
-    )
-    if found:
-        (a, b, _), lag, _ = found[-1]
-        off = best_sample_offset(src[2 * a : 2 * b], recv, a + lag * FRAME)
-        snr = snr_db(src[2 * a : 2 * b], recv[2 * off : 2 * off + 2 * (b - a)])
-        sc.say(f"start offset {((off - a) / RATE) * 1000:.1f} ms; waveform SNR against the source {snr:.1f} dB")
-        sc.check(snr >= 10, "the waveform matches the source, sample by sample (SNR >= 10 dB)")
-    n = len(completed(events))
-    # A sentence cut by the capture's start may be transcribed too.
-    sc.check(len(found) <= n <= len(sentences),
-             f"one transcript per sentence captured ({n} for {len(found)} whole, {len(sentences)} played)")
+def overruns_played(sc, events, play_mark):
+    """Each reported overrun as (the time in what was played when it was reported, gap ms),
+    for the player started at `play_mark`."""
+    t0 = sc.marks()[play_mark]
+    out = []
+    for t, e in events:
+        if e["type"] == "client.capture_overrun":
+            out.append((t - t0, e["gap_ms"]))
+            sc.say(f"client.capture_overrun #{e['count']}: gap {e['gap_ms']} ms, reported "
+                   f"{t - t0:.2f} s into what was played")
+    return out
+
+
+def continuity(sc, found, overruns, label, min_whole=2):
+    """What arrived is what was played, except where an overrun was reported: every sentence
+    that no overrun touched arrived whole, and between two of them the received audio is
+    shorter than what was played by the gaps reported in between (no unreported loss, and
+    no repeat). Returns the sentences that arrived."""
+    def touched(a, b):
+        return [g for x, g in overruns
+                if x - g / 1000 - OVERRUN_SLACK_S < b / RATE and a / RATE < x + OVERRUN_SLACK_S]
+    whole, ok = [], True
+    for (a, b, text), lag, c in found:
+        hit = touched(a, b)
+        if c >= MATCHED:
+            whole.append(((a, b, text), lag))
+        elif hit:
+            sc.say(f"{label}: \"{text[:40]}\" was cut by an overrun (gap {sum(hit)} ms): excused")
+        else:
+            ok = False
+            sc.say(f"{label}: \"{text[:40]}\" did not arrive, and no overrun was reported near it")
+    sc.check(ok and len(whole) >= min_whole,
+             f"{label}: every sentence not cut by a reported overrun arrived whole ({len(whole)} of {len(found)})")
+    for ((a0, b0, _), lag0), ((a1, _, _), lag1) in zip(whole, whole[1:]):
+        between = [g for x, g in overruns if a0 / RATE < x <= a1 / RATE + OVERRUN_SLACK_S + 1]
+        missing = (lag0 - lag1) * 10
+        # 10 ms envelope frames on each side; and an overrun's gap is an estimate (the buffer
+        # thrown away plus the time since the device's trigger timestamp), seen to be off by
+        # up to ~70 ms when the overrun came from CPU starvation rather than a freeze.
+        tol = 30 + 80 * len(between)
+        sc.check(abs(missing - sum(between)) <= tol,
+                 f"{label}: between {a0 / RATE:.1f} s and {a1 / RATE:.1f} s of what was played, "
+                 f"{missing} ms missing in what arrived, {sum(between)} ms reported "
+                 f"({len(between)} overruns; within {tol} ms)")
+    return whole
 
 
 def expected_only(sc, found):
@@ -274,7 +289,7 @@ def expected_only(sc, found):
     good = [lag for _, lag, c in found if c >= MATCHED and lag is not None]
     if not good:
         return found
-    start = min(good)  # the capture's start, in frames of the source (negative)
+    start = max(good)  # the capture's start, in frames of the source (negative); overruns only lower later lags
     sc.say(f"the capture started {-start * 10} ms into what was played")
     out = []
     for (a, b, text), lag, c in found:
@@ -285,44 +300,53 @@ def expected_only(sc, found):
     return out
 
 
+def capture_48k(sc):
+    events = sc.events()
+    check_ending(sc, events)
+    recv = capture_common(sc, sc.sessions())
+    src = wav_pcm(os.path.join(sc.audio, "speech3.wav"))
+    sentences = manifest(os.path.join(sc.audio, "speech3.txt"))
+    overruns = overruns_played(sc, events, "play")
+    sc.say(f"overruns with nothing frozen (CPU starvation under emulation): {len(overruns)}")
+    # The player starts before the capture, and the first second or so that it plays can
+    # precede the capture's start: the received audio starts up to a few seconds into the
+    # source (a negative lag), depending on how fast mic starts in the VM.
+    found = expected_only(sc, match_sentences(sc, src, sentences, recv, "sentence", (-500, 100)))
+    whole = continuity(sc, found, overruns, "sentences")
+    if whole:
+        (a, b, _), lag = whole[-1]
+        off = best_sample_offset(src[2 * a : 2 * b], recv, a + lag * FRAME)
+        snr = snr_db(src[2 * a : 2 * b], recv[2 * off : 2 * off + 2 * (b - a)])
+        sc.say(f"last sentence's offset {((off - a) / RATE) * 1000:.1f} ms; waveform SNR against the source {snr:.1f} dB")
+        sc.check(snr >= 10, "the waveform matches the source, sample by sample (SNR >= 10 dB)")
+    n = len(completed(events))
+    # A sentence cut by the capture's start or an overrun may be transcribed in pieces.
+    sc.check(len(whole) <= n <= len(sentences) + len(overruns),
+             f"one transcript per sentence captured ({n} for {len(whole)} whole, {len(sentences)} played)")
+
+
 def overrun(sc):
     events = sc.events()
     check_ending(sc, events)
     recv = capture_common(sc, sc.sessions())
     marks = sc.marks()
     frozen_ms = (marks["cont"] - marks["stop"]) * 1000
-    overruns = [(t, e) for t, e in events if e["type"] == "client.capture_overrun"]
     sc.say(f"the capturing process was frozen for {frozen_ms:.0f} ms")
-    for t, e in overruns:
-        sc.say(f"client.capture_overrun #{e['count']}: gap {e['gap_ms']} ms, "
-               f"{(t - marks['cont']) * 1000:+.0f} ms after SIGCONT")
-    sc.check(len(overruns) == 1, f"exactly one overrun reported (got {len(overruns)})")
-    if not overruns:
-        return
-    gap = overruns[0][1]["gap_ms"]
+    overruns = overruns_played(sc, events, "play")
+    # The freeze's overrun is reported once capture resumes: within a second of SIGCONT.
+    cont = marks["cont"] - marks["play"]
+    freeze = [g for x, g in overruns if cont <= x <= cont + 1]
+    sc.check(len(freeze) == 1, f"the freeze is reported as one client.capture_overrun ({len(freeze)} right after SIGCONT)")
+    if freeze:
+        sc.say(f"the freeze's gap: {freeze[0]} ms; other overruns (CPU starvation): {len(overruns) - 1}")
+        # The freeze lasted at least 1 s; at most the 200 ms buffer of it is not lost.
+        sc.check(freeze[0] >= 800, f"its gap covers the freeze (>= 800 ms of at least 1000)")
     src = wav_pcm(os.path.join(sc.audio, "speech4.wav"))
     sentences = manifest(os.path.join(sc.audio, "speech4.txt"))
-    found = match_sentences(sc, src, sentences, recv, "sentence", (-700, 100))
-    # The freeze shifts what follows by the lost audio: the capture's start is the largest
-    # lag (the earliest audio), before the freeze.
-    good_lags = [lag for _, lag, c in found if c >= MATCHED]
-    start = max(good_lags) if good_lags else 0
-    sc.say(f"the capture started {-start * 10} ms into what was played")
-    found = [f for f in found if f[0][0] // FRAME + start >= 0]
-    good = [(s, lag) for s, lag, c in found if c >= MATCHED]
-    # A sentence spoken across the freeze arrives cut; the others arrive whole.
-    sc.check(len(good) >= len(found) - 1 and len(good) >= 2,
-             f"every sentence not spoken during the freeze arrived whole ({len(good)} of {len(found)} captured)")
-    lags = [lag for _, lag in good]
-    if len(set(lags)) >= 2:
-        lost_ms = (max(lags) - min(lags)) * 10
-        sc.say(f"audio missing from what arrived (the offset's jump at the freeze): {lost_ms} ms; reported {gap} ms")
-        # 10 ms frames on each side, and the estimate counts whole periods (20 ms).
-        sc.check(abs(lost_ms - gap) <= 60, "the reported gap is the audio actually missing (within 60 ms)")
-    else:
-        sc.check(False, f"the audio after the freeze is shifted by the loss (lags {lags})")
-    after = [s for s, lag in good if lag == min(lags)]
-    sc.check(bool(after), "capture continued after the overrun (speech after it arrived)")
+    found = expected_only(sc, match_sentences(sc, src, sentences, recv, "sentence", (-800, 100)))
+    whole = continuity(sc, found, overruns, "sentences")
+    after = [s for s, _ in whole if s[0] / RATE > cont]
+    sc.check(bool(after), f"capture continued after the overrun ({len(after)} sentences after it arrived whole)")
 
 
 def player_restart(sc):
@@ -332,37 +356,42 @@ def player_restart(sc):
     marks = sc.marks()
     t = types(events)
     sc.check("client.capture_error" not in t, "no capture error when the player went away and came back")
-    for ts, e in events:
-        if e["type"] == "client.capture_overrun":
-            sc.say(f"client.capture_overrun #{e['count']}: gap {e['gap_ms']} ms, "
-                   f"{(ts - marks['play1_end']) * 1000:+.0f} ms from the first player's exit")
     pause_ms = (marks["play2"] - marks["play1_end"]) * 1000
     sc.say(f"the player was gone for {pause_ms:.0f} ms")
     first = wav_pcm(os.path.join(sc.audio, "speech2.wav"))
     second = wav_pcm(os.path.join(sc.audio, "speech2b.wav"))
     s1 = manifest(os.path.join(sc.audio, "speech2.txt"))
     s2 = manifest(os.path.join(sc.audio, "speech2b.txt"))
+    o1 = overruns_played(sc, events, "play1")
     f1 = expected_only(sc, match_sentences(sc, first, s1, recv, "first player", (-500, 100)))
     # The second player starts after the first one's length plus the pause.
-    lag1 = f1[0][1] or 0
+    lag1 = max([lag for _, lag, c in f1 if c >= MATCHED] or [0])
     shift = lag1 + (len(first) // 2 + int(pause_ms * RATE / 1000)) // FRAME
-    f2 = match_sentences(sc, second, s2, recv, "second player", (shift - 200, shift + 200))
-    sc.check(all(c >= MATCHED for _, _, c in f1 + f2), "every sentence of both players arrived")
+    f2 = match_sentences(sc, second, s2, recv, "second player", (shift - 300, shift + 200))
+    o2 = [(x - (marks["play2"] - marks["play1"]), g) for x, g in o1]
+    # Each player's sentences on their own (the pause between them is no loss).
+    w1 = continuity(sc, f1, o1, "first player", min_whole=1)
+    w2 = continuity(sc, f2, o2, "second player", min_whole=1)
     recv_ms = len(recv) / BYTES_PER_MS
     sc.say(f"audio received: {recv_ms:.0f} ms")
     # Between the players the capture side gives silence rather than stalling: the audio
     # received covers the pause.
     env = envelope(recv)
-    if f1[-1][1] is not None and f2[0][1] is not None:
-        gap_frames = env[(s1[-1][1] // FRAME + f1[-1][1]) + 5 : (s2[0][0] // FRAME + f2[0][1]) - 5]
+    m1 = [x for x in f1 if x[2] >= MATCHED]
+    m2 = [x for x in f2 if x[2] >= MATCHED]
+    if m1 and m2:
+        gap_frames = env[(m1[-1][0][1] // FRAME + m1[-1][1]) + 5 : (m2[0][0][0] // FRAME + m2[0][1]) - 5]
         quiet = sum(1 for e in gap_frames if e <= 20.0)
         sc.check(
-            len(gap_frames) * 10 >= pause_ms and quiet >= 0.9 * len(gap_frames),
+            len(gap_frames) * 10 >= pause_ms - sum(g for _, g in o1) and quiet >= 0.9 * len(gap_frames),
             f"while no player ran, the capture delivered silence ({len(gap_frames) * 10} ms between "
-            f"the players' speech, {quiet * 10} ms of it below -60 dBFS)",
+            f"the players' speech, {quiet * 10} ms of it below -70 dBFS)",
         )
+    else:
+        sc.check(False, "speech of both players arrived")
     n = len(completed(events))
-    sc.check(n == len(f1) + len(f2), f"one transcript per sentence ({n} for {len(f1) + len(f2)})")
+    sc.check(len(w1) + len(w2) <= n <= len(s1) + len(s2) + len(o1),
+             f"one transcript per sentence ({n} for {len(w1) + len(w2)} whole)")
 
 
 def unplug(sc):

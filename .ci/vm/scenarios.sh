@@ -103,6 +103,7 @@ unshape() {
 
 capture_48k() {
     # A 48 kHz stereo player holds the playback side, so the capture side offers only that.
+    mark play
     player "$audio/speech3_48k2.wav" &
     local play=$!
     sleep 0.3
@@ -113,6 +114,7 @@ capture_48k() {
 }
 
 overrun() {
+    mark play
     player "$audio/speech4_48k2.wav" &
     local play=$!
     sleep 0.3
@@ -149,6 +151,7 @@ player_restart() {
 }
 
 unplug() {
+    mark play
     player "$audio/speech3_48k2.wav" &
     local play=$!
     sleep 0.3
@@ -203,6 +206,7 @@ slow_link_mic() {
     # The same link with a real-time source: mic cannot wait for the link (the card does
     # not), so what cannot be sent must be dropped, and reported.
     shape tbf rate 128kbit burst 16kb latency 400ms
+    mark play
     player "$audio/speech6m_48k2.wav" &
     local play=$!
     sleep 0.3
@@ -219,6 +223,7 @@ gate() {
     fi
     # Hook for the speech gate: play sentences with long silences, mic --gate in real time;
     # check.py then expects every sentence transcribed and the sent share reported.
+    mark play
     player "$audio/speech3_48k2.wav" &
     local play=$!
     sleep 0.3
