@@ -231,14 +231,9 @@ def match_sentences(sc, src, sentences, recv, label, lag_range):
 
 
 MATCHED = 0.8  # envelope correlation of a sentence that arrived (unrelated speech: < 0.5)
-# How far (s) an overrun's place in what was played may be from where its report puts it: the
-# report comes after the loss, and the player's start is known only to a process start.
-OVERRUN_SLACK_S = 0.5
-
-
 def overruns_played(sc, events, play_mark):
-    """Each reported overrun as (the time in what was played when it was reported, gap ms),
-    for the player started at `play_mark`."""
+    """Each reported overrun as (when it was reported, in seconds into what the player
+    started at `play_mark` played; its gap in ms)."""
     t0 = sc.marks()[play_mark]
     out = []
     for t, e in events:
@@ -250,36 +245,37 @@ def overruns_played(sc, events, play_mark):
 
 
 def continuity(sc, found, overruns, label, min_whole=2):
-    """What arrived is what was played, except where an overrun was reported: every sentence
-    that no overrun touched arrived whole, and between two of them the received audio is
-    shorter than what was played by the gaps reported in between (no unreported loss, and
-    no repeat). Returns the sentences that arrived."""
-    def touched(a, b):
-        return [g for x, g in overruns
-                if x - g / 1000 - OVERRUN_SLACK_S < b / RATE and a / RATE < x + OVERRUN_SLACK_S]
-    whole, ok = [], True
+    """What arrived is what was played, except where an overrun was reported. Where in the
+    audio an overrun fell is not known exactly (its report can come seconds later when the
+    VM is starved: the report's time is when the event was printed), so the accounting is
+    over the whole capture: with no overrun every sentence arrives whole and at one offset;
+    with overruns, at most two sentences per reported overrun arrive cut, no audio arrives
+    twice (offsets only move back), and the audio missing between the first and the last
+    whole sentence is at most what the overruns reported. Returns the whole sentences."""
+    whole, cut = [], []
     for (a, b, text), lag, c in found:
-        hit = touched(a, b)
-        if c >= MATCHED:
-            whole.append(((a, b, text), lag))
-        elif hit:
-            sc.say(f"{label}: \"{text[:40]}\" was cut by an overrun (gap {sum(hit)} ms): excused")
-        else:
-            ok = False
-            sc.say(f"{label}: \"{text[:40]}\" did not arrive, and no overrun was reported near it")
-    sc.check(ok and len(whole) >= min_whole,
-             f"{label}: every sentence not cut by a reported overrun arrived whole ({len(whole)} of {len(found)})")
-    for ((a0, b0, _), lag0), ((a1, _, _), lag1) in zip(whole, whole[1:]):
-        between = [g for x, g in overruns if a0 / RATE < x <= a1 / RATE + OVERRUN_SLACK_S + 1]
+        (whole if c >= MATCHED else cut).append(((a, b, text), lag))
+    for (a, b, text), _ in cut:
+        sc.say(f"{label}: \"{text[:40]}\" did not arrive whole")
+    sc.check(len(whole) >= min_whole and len(cut) <= 2 * len(overruns),
+             f"{label}: every sentence arrived whole, but for at most two per reported overrun "
+             f"({len(whole)} whole, {len(cut)} cut, {len(overruns)} overruns)")
+    missing_total = 0
+    for ((a0, _, _), lag0), ((a1, _, _), lag1) in zip(whole, whole[1:]):
         missing = (lag0 - lag1) * 10
-        # 10 ms envelope frames on each side; and an overrun's gap is an estimate (the buffer
-        # thrown away plus the time since the device's trigger timestamp), seen to be off by
-        # up to ~70 ms when the overrun came from CPU starvation rather than a freeze.
-        tol = 30 + 80 * len(between)
-        sc.check(abs(missing - sum(between)) <= tol,
-                 f"{label}: between {a0 / RATE:.1f} s and {a1 / RATE:.1f} s of what was played, "
-                 f"{missing} ms missing in what arrived, {sum(between)} ms reported "
-                 f"({len(between)} overruns; within {tol} ms)")
+        missing_total += missing
+        sc.say(f"{label}: between {a0 / RATE:.1f} s and {a1 / RATE:.1f} s of what was played, "
+               f"{missing} ms missing in what arrived")
+        # 10 ms envelope frames on each side.
+        sc.check(missing >= -20, f"{label}: nothing arrived twice there")
+    reported = sum(g for _, g in overruns)
+    # 20 ms per pair of measurements (10 ms frames), 80 ms per overrun: a gap is an
+    # estimate (the buffer thrown away plus the time since the device's trigger timestamp),
+    # seen to be off by up to ~70 ms when the overrun came from starvation, not a freeze.
+    tol = 20 * max(1, len(whole) - 1) + 80 * len(overruns)
+    sc.check(missing_total <= reported + tol,
+             f"{label}: no loss went unreported ({missing_total} ms missing between the first and "
+             f"last whole sentence, {reported} ms reported in all; within {tol} ms)")
     return whole
 
 
@@ -345,6 +341,17 @@ def overrun(sc):
     sentences = manifest(os.path.join(sc.audio, "speech4.txt"))
     found = expected_only(sc, match_sentences(sc, src, sentences, recv, "sentence", (-800, 100)))
     whole = continuity(sc, found, overruns, "sentences")
+    stop = marks["stop"] - marks["play"]
+    before = [(s, lag) for s, lag in whole if s[1] / RATE < stop]
+    after_ = [(s, lag) for s, lag in whole if s[0] / RATE > cont]
+    if before and after_ and len(overruns) == 1:
+        missing = (before[-1][1] - after_[0][1]) * 10
+        sc.check(abs(missing - freeze[0]) <= 100,
+                 f"the freeze's gap is the audio missing across it ({missing} ms missing, "
+                 f"{freeze[0]} ms reported; within 100 ms: 10 ms frames and the estimate)")
+    else:
+        sc.say("the freeze's gap could not be compared alone (no whole sentence on one side, "
+               "or other overruns too)")
     after = [s for s, _ in whole if s[0] / RATE > cont]
     sc.check(bool(after), f"capture continued after the overrun ({len(after)} sentences after it arrived whole)")
 
@@ -368,6 +375,7 @@ def player_restart(sc):
     lag1 = max([lag for _, lag, c in f1 if c >= MATCHED] or [0])
     shift = lag1 + (len(first) // 2 + int(pause_ms * RATE / 1000)) // FRAME
     f2 = match_sentences(sc, second, s2, recv, "second player", (shift - 300, shift + 200))
+    # Which player's audio an overrun hit is not known (see continuity): both count them all.
     o2 = [(x - (marks["play2"] - marks["play1"]), g) for x, g in o1]
     # Each player's sentences on their own (the pause between them is no loss).
     w1 = continuity(sc, f1, o1, "first player", min_whole=1)
@@ -531,7 +539,7 @@ def loss_invariant(sc, events, sessions, sent, tolerance_ms):
 
 
 def wifi(sc):
-    events, sessions, sent, sentences, reconnects = network_common(sc, "speech14")
+    events, sessions, sent, sentences, reconnects = network_common(sc, "speech15")
     sc.say(f"link: {sc.marks().get('shape netem delay 80ms 40ms loss 1%') and 'netem delay 80ms 40ms loss 1%'}")
     utterances_once(sc, events, sessions, sent, sentences)
     drop = loss_invariant(sc, events, sessions, sent, 0)
@@ -549,7 +557,7 @@ def blackout(sc):
     mid = any(a < m["blackout_start"] for a in starts[:1]) and not any(
         s < m["blackout_start"] for s in stops)
     sc.check(mid, "the blackout began inside an utterance (after its speech_started, before its speech_stopped)")
-    sc.check(len(reconnects) >= 1, f"the client reconnected ({len(reconnects)} times)")
+    sc.check(len(reconnects) >= 1, f"the client declared the link dead and reconnected ({len(reconnects)} times; TCP alone would have resumed the old connection)")
     if reconnects:
         t, e = reconnects[0]
         sc.say(f"reconnected {t - m['blackout_end']:+.1f} s after the link came back "

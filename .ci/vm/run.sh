@@ -44,7 +44,7 @@ a=$out/audio
 .ci/vm/audio.sh "$a/speech4" 3 4 1.5 4
 .ci/vm/audio.sh "$a/speech2" 7 2 1.5 4 0.5
 .ci/vm/audio.sh "$a/speech2b" 9 2 1.5 0.5 0.5
-.ci/vm/audio.sh "$a/speech14" 0 14
+.ci/vm/audio.sh "$a/speech15" 0 15
 .ci/vm/audio.sh "$a/long" 4 11 0.3,0.3,0.3,1.5
 .ci/vm/audio.sh "$a/speech6" 5 6
 .ci/vm/audio.sh "$a/speech6m" 5 6 1.5 4

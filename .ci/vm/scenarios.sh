@@ -173,7 +173,7 @@ unplug() {
 
 wifi() {
     shape netem delay 80ms 40ms loss 1%
-    file_start "$audio/speech14.wav"
+    file_start "$audio/speech15.wav"
     client_wait 1200
 }
 
