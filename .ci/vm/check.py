@@ -232,14 +232,19 @@ def match_sentences(sc, src, sentences, recv, label, lag_range):
 
 MATCHED = 0.8  # envelope correlation of a sentence that arrived (unrelated speech: < 0.5)
 def overruns_played(sc, events, play_mark):
-    """Each reported overrun as (when it was reported, in seconds into what the player
-    started at `play_mark` played; its gap in ms)."""
+    """Each reported overrun (and drop) as (when it was reported, in seconds into what the
+    player started at `play_mark` played; its gap in ms)."""
     t0 = sc.marks()[play_mark]
     out = []
     for t, e in events:
         if e["type"] == "client.capture_overrun":
             out.append((t - t0, e["gap_ms"]))
             sc.say(f"client.capture_overrun #{e['count']}: gap {e['gap_ms']} ms, reported "
+                   f"{t - t0:.2f} s into what was played")
+        elif e["type"] == "client.audio_dropped":
+            # Captured audio the library could not send is reported loss too.
+            out.append((t - t0, e.get("ms", 0)))
+            sc.say(f"client.audio_dropped: {e.get('ms')} ms ({e.get('reason')}), reported "
                    f"{t - t0:.2f} s into what was played")
     return out
 
