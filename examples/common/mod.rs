@@ -10,7 +10,7 @@ use std::time::Duration;
 use qwen_asr_emulator::{Emulator, EmulatorConfig};
 use qwen_asr_realtime::config::{ApiKey, API_KEY_ENV, API_KEY_FILE_ENV};
 use qwen_asr_realtime::{
-    ConnectParams, Conversation, Error, Event, EventKind, ReconnectPolicy, SessionConfig,
+    ConnectParams, Conversation, Error, Event, EventKind, Keepalive, ReconnectPolicy, SessionConfig,
 };
 
 /// The options the examples have in common.
@@ -35,6 +35,8 @@ pub const COMMON_OPTIONS: &str = "  --url URL          service endpoint (default
   --max-backlog-ms N when more than N ms of audio wait to leave the device (a live source on
                      a slow link), drop the oldest queued audio, reported, instead of waiting
                      for the link (default: wait; not for files sent faster than real time)
+  --ping-ms N        a WebSocket ping every N ms (default 10000)
+  --dead-peer-ms N   nothing received for N ms means the link is dead: reconnect (default 20000)
   -h, --help         this help";
 
 /// Parsed options.
@@ -54,6 +56,9 @@ pub struct Options {
     pub realtime: bool,
     pub reconnect: bool,
     pub max_backlog_ms: Option<u64>,
+    /// `--ping-ms`, `--dead-peer-ms`: the library's defaults when unset.
+    pub ping_ms: Option<u64>,
+    pub dead_peer_ms: Option<u64>,
     pub device: Option<String>,
     pub seconds: Option<f64>,
     pub positional: Vec<String>,
@@ -97,6 +102,8 @@ fn try_parse(
             "--chunk-ms",
             "--ca-cert",
             "--max-backlog-ms",
+            "--ping-ms",
+            "--dead-peer-ms",
         ];
         let (name, inline) = match arg.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
@@ -140,6 +147,16 @@ fn try_parse(
                 o.max_backlog_ms = Some(value.parse().ok().filter(|n| *n > 0).ok_or(format!(
                     "--max-backlog-ms takes a positive whole number, not {value:?}"
                 ))?)
+            }
+            "--ping-ms" | "--dead-peer-ms" => {
+                let ms = value.parse().ok().filter(|n| *n > 0).ok_or(format!(
+                    "{name} takes a positive whole number, not {value:?}"
+                ))?;
+                if name == "--ping-ms" {
+                    o.ping_ms = Some(ms);
+                } else {
+                    o.dead_peer_ms = Some(ms);
+                }
             }
             "--device" if extra_valued.contains(&"--device") => o.device = Some(value),
             "--seconds" if extra_valued.contains(&"--seconds") => {
@@ -196,6 +213,14 @@ pub fn connect(
     if let Some(m) = &o.model {
         params = params.model(m.clone());
     }
+    let mut keepalive = Keepalive::default();
+    if let Some(ms) = o.ping_ms {
+        keepalive.ping_interval = Some(Duration::from_millis(ms));
+    }
+    if let Some(ms) = o.dead_peer_ms {
+        keepalive.dead_peer_timeout = Duration::from_millis(ms);
+    }
+    params = params.keepalive(keepalive);
     let have_key = o.api_key.is_some() || ApiKey::from_env().is_ok();
     if !o.emulator && !have_key {
         eprintln!(
