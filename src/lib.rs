@@ -58,7 +58,7 @@
 //! `alsa` (default; microphone capture), `gate` (an on-device speech gate), `opus` (an Ogg
 //! Opus encoder). The emulator of the service that the tests use is its own crate,
 //! `qwen-asr-emulator`.
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod audio;

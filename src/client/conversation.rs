@@ -14,7 +14,7 @@ use crate::callback::{Callback, CallbackThread};
 use crate::capture::{Capture, CaptureConfig};
 use crate::events::{Events, RecvTimeoutError, TryRecvError};
 
-use crate::client::sender::{into_error, AudioSender};
+use crate::client::sender::AudioSender;
 use crate::config::{ApiKey, ConnectParams, SessionConfig};
 use crate::error::{Error, Phase, Result, TryAppendError};
 use crate::io;
@@ -153,13 +153,25 @@ impl Conversation {
     /// Sends raw audio bytes like [`append_pcm`](Self::append_pcm) (s16le for PCM; an odd
     /// length is refused).
     pub fn append_bytes(&self, bytes: &[u8]) -> Result<()> {
-        self.shared.append(bytes, true).map_err(into_error)
+        self.audio_sender().append_bytes(bytes)
+    }
+
+    /// Like [`append_bytes`](Self::append_bytes) but never waits (see
+    /// [`try_append_pcm`](Self::try_append_pcm)).
+    pub fn try_append_bytes(&self, bytes: &[u8]) -> Result<(), TryAppendError> {
+        self.audio_sender().try_append_bytes(bytes)
     }
 
     /// Sends audio that is already standard padded base64 (checked, not decoded), like
     /// [`append_pcm`](Self::append_pcm).
     pub fn append_base64(&self, b64: &str) -> Result<()> {
-        self.shared.append_base64(b64, true).map_err(into_error)
+        self.audio_sender().append_base64(b64)
+    }
+
+    /// Like [`append_base64`](Self::append_base64) but never waits (see
+    /// [`try_append_pcm`](Self::try_append_pcm)).
+    pub fn try_append_base64(&self, b64: &str) -> Result<(), TryAppendError> {
+        self.audio_sender().try_append_base64(b64)
     }
 
     /// Like [`append_pcm`](Self::append_pcm) but never waits: on

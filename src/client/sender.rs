@@ -43,6 +43,30 @@ impl AudioSender {
         with_le_bytes(samples, |b| self.shared.append(b, false))
     }
 
+    /// Sends raw audio bytes like [`append_pcm`](Self::append_pcm) (s16le for PCM; an odd
+    /// length is refused; Opus bytes pass through untouched).
+    pub fn append_bytes(&self, bytes: &[u8]) -> Result<()> {
+        self.shared.append(bytes, true).map_err(into_error)
+    }
+
+    /// Like [`append_bytes`](Self::append_bytes) but never waits (see
+    /// [`try_append_pcm`](Self::try_append_pcm)).
+    pub fn try_append_bytes(&self, bytes: &[u8]) -> Result<(), TryAppendError> {
+        self.shared.append(bytes, false)
+    }
+
+    /// Sends audio that is already standard padded base64 (checked, not decoded), like
+    /// [`append_pcm`](Self::append_pcm).
+    pub fn append_base64(&self, b64: &str) -> Result<()> {
+        self.shared.append_base64(b64, true).map_err(into_error)
+    }
+
+    /// Like [`append_base64`](Self::append_base64) but never waits (see
+    /// [`try_append_pcm`](Self::try_append_pcm)).
+    pub fn try_append_base64(&self, b64: &str) -> Result<(), TryAppendError> {
+        self.shared.append_base64(b64, false)
+    }
+
     /// Delivers a client event into the conversation's event stream, in order with the rest;
     /// waits while the outgoing queue is full. Not public: only the library raises `client.*`
     /// events (a user could otherwise fake `client.closed`).
@@ -80,7 +104,7 @@ impl AudioSender {
     }
 }
 
-pub(super) fn into_error(e: TryAppendError) -> Error {
+fn into_error(e: TryAppendError) -> Error {
     match e {
         TryAppendError::Other(e) => e,
         // Blocking appends wait instead of reporting Full.

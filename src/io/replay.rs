@@ -215,6 +215,15 @@ pub struct Replay {
     evicted: Option<(u64, u64)>,
 }
 
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replay")
+            .field("frames", &self.sent.len())
+            .field("unacked_ms", &self.unacked_ms())
+            .finish()
+    }
+}
+
 impl Replay {
     /// A replay buffer that keeps up to `window_ms` of sent audio.
     pub fn new(window_ms: u64) -> Replay {
