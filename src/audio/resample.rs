@@ -364,8 +364,9 @@ fn gcd(mut a: u32, mut b: u32) -> u32 {
     a
 }
 
-/// The zeroth-order modified Bessel function of the first kind, by its power series.
-fn bessel_i0(x: f64) -> f64 {
+/// The zeroth-order modified Bessel function of the first kind, by its power series (the
+/// Kaiser window of this resampler's filter, and of the speech gate's upsampler).
+pub(crate) fn bessel_i0(x: f64) -> f64 {
     let q = x * x / 4.0;
     let (mut term, mut sum) = (1.0, 1.0);
     for k in 1..64 {

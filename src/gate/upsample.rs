@@ -42,7 +42,7 @@ impl Default for Upsampler2x {
 impl Upsampler2x {
     pub(crate) fn new() -> Upsampler2x {
         let half = TAPS as f64 / 2.0;
-        let i0_beta = bessel_i0(KAISER_BETA);
+        let i0_beta = crate::audio::resample::bessel_i0(KAISER_BETA);
         let mut raw = [0f64; TAPS];
         for (i, c) in raw.iter_mut().enumerate() {
             // Window position i holds x[n - (TAPS - 1 - i)]; its offset from the interpolated
@@ -51,7 +51,8 @@ impl Upsampler2x {
             let x = std::f64::consts::PI * CUTOFF_SHARE * t;
             let sinc = if x == 0.0 { 1.0 } else { x.sin() / x };
             let r = t / half;
-            let w = bessel_i0(KAISER_BETA * (1.0 - r * r).max(0.0).sqrt()) / i0_beta;
+            let w = crate::audio::resample::bessel_i0(KAISER_BETA * (1.0 - r * r).max(0.0).sqrt())
+                / i0_beta;
             *c = sinc * w;
         }
         // Unity gain at DC, like the even outputs (which are the input itself).
@@ -109,20 +110,6 @@ fn dot(a: &[f32; TAPS], b: &[f32]) -> f32 {
         }
     }
     (acc[0] + acc[1]) + (acc[2] + acc[3])
-}
-
-/// The zeroth-order modified Bessel function of the first kind, by its power series.
-fn bessel_i0(x: f64) -> f64 {
-    let q = x * x / 4.0;
-    let (mut term, mut sum) = (1.0, 1.0);
-    for k in 1..64 {
-        term *= q / (k * k) as f64;
-        sum += term;
-        if term < sum * 1e-17 {
-            break;
-        }
-    }
-    sum
 }
 
 #[cfg(test)]
