@@ -266,6 +266,7 @@ impl Error {
         Error::Tls(Cause::new(message, None))
     }
 
+    #[cfg_attr(not(feature = "native-tls"), allow(dead_code))]
     pub(crate) fn tls_from(
         message: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,

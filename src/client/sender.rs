@@ -78,6 +78,7 @@ impl AudioSender {
     /// Like [`notify`](Self::notify) but never waits: on [`TryAppendError::Full`] nothing
     /// was taken. A capture thread reports a loss exactly when the queue is full, so it must
     /// not wait for room.
+    #[cfg_attr(not(feature = "alsa"), allow(dead_code))]
     pub(crate) fn try_notify(&self, kind: EventKind) -> Result<(), TryAppendError> {
         self.shared
             .try_enqueue(Command::Notify(Event::client(kind)))

@@ -309,6 +309,7 @@ impl Shared {
 
     /// Queues a client event without waiting: `Full` if the queue, or the append lock, is
     /// busy.
+    #[cfg_attr(not(feature = "alsa"), allow(dead_code))]
     pub(crate) fn try_enqueue(&self, cmd: Command) -> Result<(), TryAppendError> {
         let _order = try_lock(&self.append_lock).ok_or(TryAppendError::Full)?;
         self.guarded(|tx| {

@@ -494,7 +494,7 @@ fn wrap_tls(
     {
         let _ = (params, tcp);
         Err(Error::tls(
-            "wss:// needs the crate feature native-tls (or native-tls-vendored)".into(),
+            "wss:// needs the crate feature native-tls (or native-tls-vendored)",
         ))
     }
 }

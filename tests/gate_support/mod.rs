@@ -17,9 +17,14 @@ pub fn clips() -> Vec<Vec<i16>> {
     ["lights", "weather", "timer"]
         .iter()
         .map(|name| {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/gate")
-                .join(format!("{name}.wav"));
+            // From the client's tests, or from the benchmark (a workspace member beside them).
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let dir = ["tests/fixtures/gate", "../tests/fixtures/gate"]
+                .iter()
+                .map(|d| root.join(d))
+                .find(|d| d.is_dir())
+                .unwrap_or_else(|| root.join("tests/fixtures/gate"));
+            let path = dir.join(format!("{name}.wav"));
             read_wav(&path)
         })
         .collect()

@@ -2,7 +2,7 @@
 //! second) on fixtures built in memory, with the share of the audio each one forwards. Run
 //! with `--help`.
 
-#[path = "../tests/gate_support/mod.rs"]
+#[path = "../../../tests/gate_support/mod.rs"]
 mod gate_support;
 
 use std::process::Command;

@@ -50,7 +50,7 @@ fn parse() -> Result<Option<Options>, String> {
     let mut o = Options {
         file: PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/examples/audio/hello_16k.wav"
+            "/../examples/audio/hello_16k.wav"
         )),
         config: OpusConfig::default(),
         passes: 20,
