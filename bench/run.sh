@@ -4,6 +4,8 @@
 # emulator, and the Python SDK peer when `python3 -c 'import dashscope'` works (pip install
 # dashscope). Options go to the benchmark; see `target/release/bench --help` (`--quick` is a
 # trial run). Takes about eight minutes on two cores.
+# The same build makes target/release/slow_uplink, the slow-uplink scenario (README, "Slow
+# uplink"): run it on its own, it takes about seven minutes and has options of its own.
 set -eu
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
