@@ -19,7 +19,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use qwen_asr_emulator::{Emulator, EmulatorConfig};
-use qwen_asr_realtime::wav::WavReader;
+use qwen_asr_realtime::audio::wav::WavReader;
 use qwen_asr_realtime::{
     ConnectParams, Conversation, Event, EventKind, SessionConfig, Stats, TryAppendError,
 };
@@ -528,7 +528,6 @@ impl Outcome {
 }
 
 fn read_events(conv: &Conversation, t0: &Mutex<Option<Instant>>, stop: &AtomicBool) -> Seen {
-    let events = conv.events();
     let mut seen = Seen::default();
     let mut quiet_since = Instant::now();
     let since = |t0: &Mutex<Option<Instant>>| {
@@ -538,9 +537,9 @@ fn read_events(conv: &Conversation, t0: &Mutex<Option<Instant>>, stop: &AtomicBo
             .unwrap_or(0.0)
     };
     loop {
-        let event: Event = match events.recv_timeout(Duration::from_millis(200)) {
+        let event: Event = match conv.recv_timeout(Duration::from_millis(200)) {
             Ok(e) => e,
-            Err(e) if e.is_timeout() => {
+            Err(qwen_asr_realtime::RecvTimeoutError::Timeout) => {
                 // Bounded: once the scenario is over, 5 s without an event ends the wait.
                 if stop.load(Ordering::SeqCst) && quiet_since.elapsed() > Duration::from_secs(5) {
                     break;
