@@ -266,6 +266,7 @@ impl IoThread {
         st.waiters.fail_all(code, &reason);
         let mut queued = self.shutdown_queue();
         if let Some(cmd) = st.held_cmd.take() {
+            self.shared.dequeued(cmd.audio_bytes());
             queued += cmd.audio_bytes();
             cmd.fail();
         }
