@@ -19,11 +19,20 @@ FILE.wav must be 16-bit PCM mono at 16000 or 8000 Hz (convert others with
 
 options:
   --realtime         pace the audio at real time (default: as fast as the socket takes it)
+  --gate             send only speech: an on-device speech gate (feature `gate`) holds the
+                     rest back; a summary goes to stderr at the end
+  --gate-preroll-ms N   audio kept and sent before each onset (default 500)
+  --gate-hangover-ms N  audio sent after speech ends (default 500; in VAD mode at least the
+                     session's silence window plus 300 ms, so that each utterance ends on time)
 ";
 
 fn main() {
     let usage = format!("{USAGE}{}", common::COMMON_OPTIONS);
-    let opts = common::parse_args(&usage, &["--realtime"], &[]);
+    let opts = common::parse_args(
+        &usage,
+        &["--realtime", "--gate"],
+        &["--gate-preroll-ms", "--gate-hangover-ms"],
+    );
     let [path] = opts.positional.as_slice() else {
         eprintln!("error: give exactly one WAV file (see --help)");
         std::process::exit(2);
@@ -58,19 +67,24 @@ fn stream(
     let spec = wav.spec();
     // One chunk's worth of bytes, reused for the whole file: the file is streamed, not loaded.
     let chunk_samples = (spec.sample_rate * opts.chunk_ms / 1000) as usize;
-    let mut buf = vec![0u8; chunk_samples * 2];
+    let mut buf = vec![0i16; chunk_samples];
     let start = Instant::now();
     let mut sent_ms = 0u64;
+    let mut gate = gate::start(conv, opts)?;
     loop {
         let n = wav
-            .read_bytes(&mut buf)
+            .read_samples(&mut buf)
             .map_err(|e| common::failure(path, e))?;
         if n == 0 {
             break;
         }
-        conv.append_bytes(&buf[..n])
-            .map_err(|e| common::failure("append", e))?;
-        sent_ms += (n / 2) as u64 * 1000 / u64::from(spec.sample_rate);
+        match &mut gate {
+            Some(g) => gate::append(g, &buf[..n])?,
+            None => conv
+                .append_pcm(&buf[..n])
+                .map_err(|e| common::failure("append", e))?,
+        }
+        sent_ms += n as u64 * 1000 / u64::from(spec.sample_rate);
         if opts.realtime {
             let due = start + Duration::from_millis(sent_ms);
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
@@ -84,9 +98,88 @@ fn stream(
             missing / bytes_per_ms.max(1)
         );
     }
-    if opts.manual && sent_ms > 0 {
-        conv.commit().map_err(|e| common::failure("commit", e))?;
+    match &mut gate {
+        // The gate's close commits in manual mode.
+        Some(g) => gate::finish(g)?,
+        None if opts.manual && sent_ms > 0 => {
+            conv.commit().map_err(|e| common::failure("commit", e))?
+        }
+        None => {}
     }
     conv.end_session(common::END_SESSION_TIMEOUT)
         .map_err(|e| common::failure("end of session", e))
+}
+
+/// `--gate`: the speech gate in front of the conversation.
+#[cfg(feature = "gate")]
+mod gate {
+    use qwen_asr_realtime::gate::{GateConfig, GatedSender};
+    use qwen_asr_realtime::Conversation;
+
+    pub fn start(
+        conv: &Conversation,
+        opts: &crate::common::Options,
+    ) -> Result<Option<GatedSender>, String> {
+        if !opts.gate {
+            return Ok(None);
+        }
+        let session = crate::common::session_config(opts, conv.audio_sender().sample_rate());
+        let mut config = GateConfig::for_session(&session);
+        if let Some(ms) = opts.gate_preroll_ms {
+            config = config.pre_roll_ms(ms);
+        }
+        if let Some(ms) = opts.gate_hangover_ms {
+            config = config.hangover_ms(ms);
+        }
+        GatedSender::new(conv.audio_sender(), config)
+            .map(Some)
+            .map_err(|e| crate::common::failure("gate", e))
+    }
+
+    pub fn append(g: &mut GatedSender, pcm: &[i16]) -> Result<(), String> {
+        g.append_pcm(pcm)
+            .map_err(|e| crate::common::failure("append", e))
+    }
+
+    pub fn finish(g: &mut GatedSender) -> Result<(), String> {
+        g.finish().map_err(|e| crate::common::failure("gate", e))?;
+        let c = g.counters();
+        eprintln!(
+            "gate: captured {} ms, sent {} ms ({:.1} %), held back {} ms, {} openings, 1 session",
+            c.captured_ms(),
+            c.forwarded_ms(),
+            100.0 * c.share_forwarded(),
+            c.gated_ms(),
+            c.openings,
+        );
+        Ok(())
+    }
+}
+
+/// Without the feature `--gate` is refused, and nothing else changes.
+#[cfg(not(feature = "gate"))]
+mod gate {
+    use qwen_asr_realtime::Conversation;
+
+    pub enum Never {}
+
+    pub fn start(
+        _conv: &Conversation,
+        opts: &crate::common::Options,
+    ) -> Result<Option<Never>, String> {
+        if opts.gate {
+            return Err(
+                "--gate needs the crate feature `gate` (cargo run --features gate ...)".into(),
+            );
+        }
+        Ok(None)
+    }
+
+    pub fn append(g: &mut Never, _pcm: &[i16]) -> Result<(), String> {
+        match *g {}
+    }
+
+    pub fn finish(g: &mut Never) -> Result<(), String> {
+        match *g {}
+    }
 }

@@ -132,3 +132,79 @@ fn manual_mode_each_close_commits_an_utterance() {
     let session = SessionConfig::manual();
     check(session.clone(), GateConfig::for_session(&session), 500);
 }
+
+/// `GatedSender` does the above itself, and its openings and closings take their place in the
+/// conversation's events: each `client.gate_opened` comes before the utterance's transcript,
+/// each `client.gate_closed` after its speech, with device-timeline positions that bracket
+/// the speech region; the server gets exactly what the gate forwarded, in both modes.
+#[test]
+fn a_gated_sender_sends_only_speech_and_reports_the_gate_in_the_event_stream() {
+    use qwen_asr_realtime::gate::GatedSender;
+    for session in [SessionConfig::vad(), SessionConfig::manual()] {
+        let s = scene(Noise::Room, 30.0, &[2.0, 9.0, 17.0], None, 8);
+        let emu = start_emulator(EmulatorConfig {
+            record_audio: true,
+            ..EmulatorConfig::default()
+        });
+        let conv = Conversation::start(params_for(&emu), &session).unwrap();
+        let mut gated =
+            GatedSender::new(conv.audio_sender(), GateConfig::for_session(&session)).unwrap();
+        for chunk in s.pcm.chunks(1600) {
+            gated.append_pcm(chunk).unwrap();
+        }
+        gated.finish().unwrap();
+        conv.end_session(WAIT).unwrap();
+        let mut opened = Vec::new();
+        let mut closed = Vec::new();
+        let mut order = Vec::new();
+        while let Ok(e) = conv.try_recv() {
+            match e.kind {
+                EventKind::GateOpened {
+                    at_ms,
+                    speech_at_ms,
+                } => {
+                    assert!(at_ms <= speech_at_ms);
+                    opened.push(speech_at_ms);
+                    order.push('o');
+                }
+                EventKind::GateClosed {
+                    at_ms,
+                    speech_end_ms,
+                } => {
+                    assert!(speech_end_ms <= at_ms);
+                    closed.push(speech_end_ms);
+                    order.push('c');
+                }
+                EventKind::Completed(_) => order.push('t'),
+                _ => {}
+            }
+        }
+        // Sent as fast as the socket takes it, a transcript may come after the next opening;
+        // but the gate alternates, and the k-th transcript never comes before the k-th opening.
+        let gate_only: String = order.iter().filter(|&&c| c != 't').collect();
+        assert_eq!(gate_only, "ocococ", "{session:?}: {order:?}");
+        let mut seen_opened = 0;
+        let mut transcripts = 0;
+        for c in &order {
+            match c {
+                'o' => seen_opened += 1,
+                't' => {
+                    transcripts += 1;
+                    assert!(transcripts <= seen_opened, "{order:?}");
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(transcripts, 3, "{order:?}");
+        for ((r, on), off) in s.regions.iter().zip(&opened).zip(&closed) {
+            // Detected within 100 ms of the region's bounds (frames of 16 ms, onset runs).
+            let (start_ms, end_ms) = (r.start as u64 / 16, r.end as u64 / 16);
+            assert!(on.abs_diff(start_ms) <= 100, "onset {on} for {start_ms}");
+            assert!(off.abs_diff(end_ms) <= 100, "end {off} for {end_ms}");
+        }
+        let c = gated.counters();
+        assert!(c.share_forwarded() < 0.9, "{c:?}");
+        assert_eq!(emu.sessions()[0].audio.bytes, c.forwarded_samples * 2);
+        assert_eq!(conv.stats().appended_ms, c.forwarded_ms());
+    }
+}

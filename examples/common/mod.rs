@@ -56,6 +56,10 @@ pub struct Options {
     pub realtime: bool,
     pub reconnect: bool,
     pub max_backlog_ms: Option<u64>,
+    /// `--gate` and its settings (transcribe_file).
+    pub gate: bool,
+    pub gate_preroll_ms: Option<u32>,
+    pub gate_hangover_ms: Option<u32>,
     /// `--ping-ms`, `--dead-peer-ms`: the library's defaults when unset.
     pub ping_ms: Option<u64>,
     pub dead_peer_ms: Option<u64>,
@@ -172,6 +176,17 @@ fn try_parse(
             "--json" => o.json = true,
             "--no-reconnect" => o.reconnect = false,
             "--realtime" if extra.contains(&"--realtime") => o.realtime = true,
+            "--gate" if extra.contains(&"--gate") => o.gate = true,
+            "--gate-preroll-ms" | "--gate-hangover-ms" if extra_valued.contains(&name.as_str()) => {
+                let ms = value.parse().ok().ok_or(format!(
+                    "{name} takes a whole number of milliseconds, not {value:?}"
+                ))?;
+                if name == "--gate-preroll-ms" {
+                    o.gate_preroll_ms = Some(ms);
+                } else {
+                    o.gate_hangover_ms = Some(ms);
+                }
+            }
             s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option {s}")),
             _ => o.positional.push(arg),
         }

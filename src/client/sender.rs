@@ -67,10 +67,19 @@ impl AudioSender {
         self.shared.append_base64(b64, false)
     }
 
+    /// Commits the audio appended since the last commit as one utterance (manual mode only),
+    /// as [`Conversation::commit`](crate::Conversation::commit).
+    pub fn commit(&self) -> Result<()> {
+        if !self.shared.is_manual() {
+            return Err(Error::CommitInVadMode);
+        }
+        self.shared.commit()
+    }
+
     /// Delivers a client event into the conversation's event stream, in order with the rest;
     /// waits while the outgoing queue is full. Not public: only the library raises `client.*`
     /// events (a user could otherwise fake `client.closed`).
-    #[allow(dead_code)]
+    #[cfg_attr(not(feature = "gate"), allow(dead_code))]
     pub(crate) fn notify(&self, kind: EventKind) -> Result<()> {
         self.shared.enqueue(Command::Notify(Event::client(kind)))
     }

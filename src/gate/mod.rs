@@ -46,6 +46,7 @@ mod detector;
 mod energy;
 mod policy;
 mod preroll;
+mod sender;
 mod timeline;
 mod upsample;
 
@@ -57,6 +58,7 @@ pub use config::{
 pub use detector::{
     Detector, EarshotDetector, DETECTOR_FRAME_MS, DETECTOR_FRAME_SAMPLES, DETECTOR_RATE_HZ,
 };
+pub use sender::GatedSender;
 
 pub use timeline::{SessionTimeline, DEFAULT_TIMELINE_SEGMENTS};
 

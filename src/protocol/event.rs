@@ -138,6 +138,23 @@ pub enum EventKind {
         /// How far behind real time the link is, in milliseconds of audio.
         behind_ms: u64,
     },
+    /// `client.gate_opened` (feature `gate`): the speech gate opened; what follows is sent,
+    /// starting with the pre-roll.
+    GateOpened {
+        /// The first sample sent, in ms on the device timeline (since the first sample given
+        /// to the gate).
+        at_ms: u64,
+        /// Where the speech began, after the pre-roll, likewise.
+        speech_at_ms: u64,
+    },
+    /// `client.gate_closed` (feature `gate`): the hangover ran out; nothing is sent until the
+    /// next `client.gate_opened`.
+    GateClosed {
+        /// Just after the last sample sent, on the device timeline.
+        at_ms: u64,
+        /// Where the speech ended (the hangover lies between).
+        speech_end_ms: u64,
+    },
     /// `client.link_caught_up`: after a [`EventKind::LinkBehind`], the link fell back to
     /// less than a quarter of the threshold behind.
     LinkCaughtUp {
@@ -391,6 +408,8 @@ impl Event {
             EventKind::CaptureError { .. } => "client.capture_error",
             EventKind::Reconnected { .. } => "client.reconnected",
             EventKind::LinkBehind { .. } => "client.link_behind",
+            EventKind::GateOpened { .. } => "client.gate_opened",
+            EventKind::GateClosed { .. } => "client.gate_closed",
             EventKind::LinkCaughtUp { .. } => "client.link_caught_up",
             EventKind::ReconnectFailed { .. } => "client.reconnect_failed",
         }
@@ -446,6 +465,20 @@ impl Event {
                 o.insert("replayed_ms".into(), (*replayed_ms).into());
                 o.insert("code".into(), (*code).into());
                 o.insert("reason".into(), reason.as_str().into());
+            }
+            EventKind::GateOpened {
+                at_ms,
+                speech_at_ms,
+            } => {
+                o.insert("at_ms".into(), (*at_ms).into());
+                o.insert("speech_at_ms".into(), (*speech_at_ms).into());
+            }
+            EventKind::GateClosed {
+                at_ms,
+                speech_end_ms,
+            } => {
+                o.insert("at_ms".into(), (*at_ms).into());
+                o.insert("speech_end_ms".into(), (*speech_end_ms).into());
             }
             EventKind::LinkBehind { behind_ms } => {
                 o.insert("behind_ms".into(), (*behind_ms).into());
