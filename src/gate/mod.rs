@@ -58,7 +58,7 @@ pub use config::{
 pub use detector::{
     Detector, EarshotDetector, DETECTOR_FRAME_MS, DETECTOR_FRAME_SAMPLES, DETECTOR_RATE_HZ,
 };
-pub use sender::GatedSender;
+pub use sender::{Accounting, GatedSender};
 
 pub use timeline::{SessionTimeline, DEFAULT_TIMELINE_SEGMENTS};
 

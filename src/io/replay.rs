@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 
 use tungstenite::Utf8Bytes;
 
+use crate::io::device_time::DeviceTimeline;
 use crate::protocol::EventKind;
 
 const NS_PER_MS: u64 = 1_000_000;
@@ -213,6 +214,11 @@ pub struct Replay {
     finish_at: Option<u64>,
     /// Audio pushed out of the window before its result came: [start, end).
     evicted: Option<(u64, u64)>,
+    /// Where the stream's audio was captured, to place the server's offsets on the device
+    /// timeline.
+    device: DeviceTimeline,
+    /// Where the audio of the speech gate's last opening starts, if a gate is in use.
+    last_opening: Option<u64>,
 }
 
 impl std::fmt::Debug for Replay {
@@ -243,6 +249,8 @@ impl Replay {
             stopped_at: VecDeque::new(),
             finish_at: None,
             evicted: None,
+            device: DeviceTimeline::new(),
+            last_opening: None,
         }
     }
 
@@ -254,6 +262,7 @@ impl Replay {
             audio,
             text,
         };
+        self.device.record(frame.start, frame.duration);
         self.end = frame.end();
         self.held += u128::from(frame.duration);
         self.held_bytes = self.held_bytes.saturating_add(frame.held_bytes());
@@ -378,6 +387,52 @@ impl Replay {
                 self.evicted = None;
             }
         }
+    }
+
+    /// The next audio sent was captured at `device_ms` on the device timeline (the speech
+    /// gate opened there).
+    pub fn device_jump(&mut self, device_ms: u64) {
+        self.device.jump_to(device_ms.saturating_mul(NS_PER_MS));
+        self.last_opening = Some(self.end);
+    }
+
+    /// With the speech gate closed: if every utterance has its result (the last opening's
+    /// included, no stopped utterance or commit waiting), the audio after the last result is
+    /// the gate's hangover, which the server heard as silence: nothing in it awaits a result,
+    /// so it is acknowledged. True if so. Otherwise (an opening with no result at all, say)
+    /// nothing changes, and that audio is replayed or reported as usual.
+    pub fn settle(&mut self) -> bool {
+        let answered = self.last_opening.is_some_and(|at| self.acked > at);
+        if !answered
+            || !self.pending_commits.is_empty()
+            || self.forgotten_commits > 0
+            || !self.stopped_at.is_empty()
+        {
+            return false;
+        }
+        self.ack(self.end);
+        true
+    }
+
+    /// Where the current session's offset `session_ms` lies on the device timeline, in ms;
+    /// `None` for an offset past the audio sent in this session (a hostile or confused
+    /// server), or in a stretch too old to be remembered.
+    pub fn device_ms(&self, session_ms: u64) -> Option<u64> {
+        let at = self
+            .session_base
+            .saturating_add(session_ms.saturating_mul(NS_PER_MS));
+        if at > self.end.saturating_add(OFFSET_SLACK_NS) {
+            return None;
+        }
+        self.device
+            .device_ns(at.min(self.end))
+            .map(|ns| ns / NS_PER_MS)
+    }
+
+    /// Audio sent without a result, whether a new session would be sent it again or it is
+    /// already lost, in ms (rounded up): 0 when every result is in.
+    pub fn pending_ms(&self) -> u64 {
+        ms_ceil(self.unacked_held().saturating_add(self.lost_pending()))
     }
 
     /// Audio that fell out of the window without a result: lost, in milliseconds (rounded up).
