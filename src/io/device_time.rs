@@ -44,6 +44,17 @@ impl DeviceTimeline {
         self.next_device = Some(device_ns);
     }
 
+    /// `len` ns of audio captured next were never sent (shed from the backlog): the audio
+    /// after them was captured that much later.
+    pub(crate) fn skip(&mut self, len: u64) {
+        let here = self.next_device.or_else(|| {
+            self.stretches
+                .back()
+                .map(|l| l.device_start.saturating_add(l.len))
+        });
+        self.next_device = Some(here.unwrap_or(0).saturating_add(len));
+    }
+
     /// Records `len` ns of audio at stream position `stream_start`, new on the wire (a
     /// replayed frame keeps the position it was recorded at).
     pub(crate) fn record(&mut self, stream_start: u64, len: u64) {
@@ -102,6 +113,15 @@ mod tests {
         t.record(100 * MS, 100 * MS);
         assert_eq!(t.stretches.len(), 1);
         assert_eq!(t.device_ns(150 * MS), Some(150 * MS));
+    }
+
+    #[test]
+    fn audio_shed_before_it_was_sent_still_takes_its_time_on_the_device() {
+        let mut t = DeviceTimeline::new();
+        t.record(0, 100 * MS);
+        t.skip(50 * MS);
+        t.record(100 * MS, 100 * MS);
+        assert_eq!(t.device_ns(150 * MS), Some(200 * MS));
     }
 
     #[test]

@@ -396,6 +396,12 @@ impl Replay {
         self.last_opening = Some(self.end);
     }
 
+    /// A frame of `audio` was appended but never sent (shed from the backlog): it still took
+    /// its time on the device timeline.
+    pub fn device_skip(&mut self, audio: FrameAudio) {
+        self.device.skip(audio.duration_ns());
+    }
+
     /// With the speech gate closed: if every utterance has its result (the last opening's
     /// included, no stopped utterance or commit waiting), the audio after the last result is
     /// the gate's hangover, which the server heard as silence: nothing in it awaits a result,
@@ -856,5 +862,71 @@ mod tests {
         r.observe(&stopped("z", 900));
         r.observe(&completed("z"));
         assert_eq!(r.take_lost_ms(), 0);
+    }
+
+    #[test]
+    fn server_offsets_map_to_the_device_timeline_across_gaps_and_sessions() {
+        let mut r = Replay::new(60_000);
+        r.device_jump(2_000);
+        for i in 0..5 {
+            r.audio(frame(i), pcm(3200)); // 100 ms each, captured from 2 s on
+        }
+        r.device_jump(9_000);
+        r.audio(frame(5), pcm(3200));
+        assert_eq!(r.device_ms(250), Some(2_250));
+        assert_eq!(r.device_ms(550), Some(9_050));
+        assert_eq!(r.device_ms(600), Some(9_100));
+        // Past what was sent, or absurd: no position.
+        assert_eq!(r.device_ms(700), None);
+        assert_eq!(r.device_ms(u64::MAX), None);
+        // A session.finished acknowledges everything; the next session's offsets restart.
+        r.finish();
+        r.observe(&EventKind::SessionFinished);
+        assert_eq!(r.start_session().1, 0);
+        r.device_jump(30_000);
+        r.audio(frame(6), pcm(3200));
+        assert_eq!(r.device_ms(40), Some(30_040));
+    }
+
+    #[test]
+    fn replayed_audio_keeps_its_device_positions() {
+        let mut r = Replay::new(60_000);
+        r.device_jump(5_000);
+        for i in 0..4 {
+            r.audio(frame(i), pcm(3200));
+        }
+        r.observe(&stopped("a", 200));
+        r.observe(&completed("a"));
+        // The new session starts at the acknowledged point, 200 ms into the stream.
+        let (frames, _) = r.start_session();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(r.device_ms(0), Some(5_200));
+        assert_eq!(r.device_ms(150), Some(5_350));
+    }
+
+    #[test]
+    fn only_a_quiet_gate_with_every_opening_answered_settles_the_hangover() {
+        let mut r = Replay::new(60_000);
+        // No gate: never.
+        r.audio(frame(0), pcm(3200));
+        assert!(!r.settle());
+        let mut r = Replay::new(0);
+        r.device_jump(1_000);
+        for i in 0..10 {
+            r.audio(frame(i), pcm(3200));
+        }
+        // An utterance stopped but not completed: in flight.
+        r.observe(&stopped("a", 600));
+        assert!(!r.settle());
+        r.observe(&completed("a"));
+        assert_eq!(r.pending_ms(), 400, "the hangover after the speech");
+        assert!(r.settle());
+        assert_eq!(r.pending_ms(), 0);
+        assert_eq!(r.take_lost_ms(), 0);
+        // An opening the server gave no result at all: its audio stays pending.
+        r.device_jump(9_000);
+        r.audio(frame(10), pcm(3200));
+        assert!(!r.settle());
+        assert_eq!(r.pending_ms(), 100);
     }
 }

@@ -409,7 +409,10 @@ impl IoThread {
                 Err(e) => {
                     log::warn!("opening a new session, attempt {attempt}: {e}");
                     last_error = e.to_string();
-                    if !e.is_retryable() || self.shared.cancel.is_requested() {
+                    if self.shared.cancel.is_requested() {
+                        return Some((1000, "bye".into()));
+                    }
+                    if !e.is_retryable() {
                         break;
                     }
                 }
@@ -941,7 +944,7 @@ impl IoThread {
     /// With `max_backlog` set and the link behind by more than it, drops the oldest queued
     /// frames (they were never sent, so the replay window and the server's offsets know
     /// nothing of them) and reports them, so that a live source never waits for the link.
-    fn shed_backlog(&self, link: &Link, st: &mut State) {
+    fn shed_backlog(&self, link: &mut Link, st: &mut State) {
         let Some(max) = self.params.max_backlog else {
             return;
         };
@@ -952,6 +955,8 @@ impl IoThread {
             match self.commands.try_recv() {
                 Ok(Command::Frame { audio_bytes, .. }) => {
                     self.shared.dequeued(audio_bytes);
+                    link.replay_mut()
+                        .device_skip(self.shared.frame_audio(audio_bytes));
                     dropped += audio_bytes;
                     behind = behind.saturating_sub(self.shared.bytes_to_ms(audio_bytes));
                 }

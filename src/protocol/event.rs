@@ -961,6 +961,40 @@ mod tests {
     }
 
     #[test]
+    fn device_positions_are_added_to_the_servers_json_and_the_rollover_events_serialise() {
+        let mut e = parse(
+            r#"{"type":"input_audio_buffer.speech_started","audio_start_ms":64,"item_id":"i"}"#,
+        );
+        assert_eq!(e.session_offsets_ms(), (Some(64), None));
+        let untouched = e.to_json_line();
+        e.set_device_ms(Some(20_064), None);
+        assert_eq!(e.device_start_ms(), Some(20_064));
+        let v: Value = serde_json::from_str(&e.to_json_line()).unwrap();
+        assert_eq!(v["device_audio_start_ms"], 20_064);
+        assert_eq!(v["audio_start_ms"], 64);
+        assert!(v.get("device_audio_end_ms").is_none());
+        assert!(!untouched.contains("device_"));
+        let idle = Event::client(EventKind::SessionIdleClosed {
+            session_id: Some("sess_a".into()),
+            idle_ms: Some(30_000),
+            by_server: false,
+            code: 1000,
+            reason: "idle".into(),
+        });
+        let v: Value = serde_json::from_str(&idle.to_json_line()).unwrap();
+        assert_eq!(v["type"], "client.session_idle_closed");
+        assert_eq!(v["idle_ms"], 30_000);
+        let reopened = Event::client(EventKind::SessionReopened {
+            session_id: Some("sess_b".into()),
+            connect_ms: 12,
+            attempts: 1,
+        });
+        let v: Value = serde_json::from_str(&reopened.to_json_line()).unwrap();
+        assert_eq!(v["type"], "client.session_reopened");
+        assert_eq!(v["connect_ms"], 12);
+    }
+
+    #[test]
     fn client_raised_events_serialise_with_client_types() {
         let e = Event::client(EventKind::Closed {
             code: 1011,
