@@ -5,6 +5,13 @@
 //! socket sits behind one lock (`link`): senders take it, when it is free, to write their own
 //! append frames while this thread sleeps. When the link dies it reconnects, if asked to, and
 //! replays what had no result yet.
+//!
+//! Sessions while nobody speaks: on the speech gate's `Command::Idle` it ends the session
+//! (`session.finish`, `session.finished`, close 1000) and goes dormant: no socket, no pings,
+//! no timer, asleep on the wake-up fd alone. The next command that needs the service (audio, a
+//! commit, an update) opens a new session through the same path as a reconnect
+//! (`open_session`), and what was queued meanwhile follows it. A server that closes the session
+//! while the gate is closed and every result is in leads to the same dormant state.
 
 use std::io::ErrorKind;
 use std::net::TcpStream;
@@ -270,7 +277,8 @@ impl IoThread {
         lock(&self.link).set_replay(Replay::new(window_ms));
         loop {
             let end = self.serve(st);
-            let idle = st.idle_end.take().map(|i| i.idle_ms);
+            let ending = st.idle_end.take();
+            let idle = ending.as_ref().map(|i| i.idle_ms);
             let closed = match end {
                 LinkEnd::Closed(code, reason) => return (code, reason),
                 LinkEnd::Idle {
@@ -284,7 +292,9 @@ impl IoThread {
                     code,
                     reason,
                 },
-                LinkEnd::Lost { code, reason, .. } if self.ended_while_idle(st, idle.is_some()) => {
+                LinkEnd::Lost { code, reason, .. }
+                    if self.ended_while_idle(st, ending.as_ref()) =>
+                {
                     EventKind::SessionIdleClosed {
                         session_id: self.shared.session_id(),
                         idle_ms: idle,
@@ -320,8 +330,12 @@ impl IoThread {
     /// A connection that ended with the gate closed, every result in and the caller not
     /// ending the conversation lost nothing: an idle session the server closed (or ours,
     /// whose close the server made first). Not an error: a new session opens when needed.
-    fn ended_while_idle(&self, st: &State, ending_idle: bool) -> bool {
-        let quiet = (ending_idle || st.gate_open == Some(false))
+    fn ended_while_idle(&self, st: &State, ending: Option<&IdleEnd>) -> bool {
+        // Our idle end, answered: session.finished acknowledged everything.
+        if ending.is_some_and(|e| e.finished) && lock(&self.link).replay().pending_ms() == 0 {
+            return true;
+        }
+        let quiet = (ending.is_some() || st.gate_open == Some(false))
             && !st.caller_finished
             && !st.finish_sent
             && st.open_items == 0;
@@ -800,6 +814,7 @@ impl IoThread {
             EventKind::Completed(_) | EventKind::Failed(_) => {
                 st.open_items = st.open_items.saturating_sub(1)
             }
+            EventKind::SessionFinished => st.open_items = 0,
             _ => {}
         }
         let waiters = &mut st.waiters;
