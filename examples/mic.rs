@@ -107,17 +107,22 @@ fn capture(conv: &Conversation, opts: &common::Options) -> Result<(), String> {
     if let Err(e) = mic.stop() {
         eprintln!("capture ended with an error: {e}");
     }
-    if let Some(g) = gate {
+    if let Some(g) = &gate {
         // An open gate closes (with a commit in manual mode): the last utterance goes out.
-        gate::finish(g, conv)?;
+        gate::finish(g)?;
     } else if opts.manual {
         match conv.commit() {
             Ok(()) | Err(Error::EmptyCommit) => {}
             Err(e) => eprintln!("commit: {e}"),
         }
     }
-    conv.end_session(common::END_SESSION_TIMEOUT)
-        .map_err(|e| common::failure("end of session", e))
+    let ended = conv
+        .end_session(common::END_SESSION_TIMEOUT)
+        .map_err(|e| common::failure("end of session", e));
+    if let Some(g) = &gate {
+        gate::summary(g);
+    }
+    ended
 }
 
 /// `--gate`: the speech gate between the capture thread and the conversation.
@@ -146,10 +151,13 @@ mod gate {
         Ok((mic, Some(control)))
     }
 
-    pub fn finish(g: GateControl, conv: &Conversation) -> Result<(), String> {
-        g.finish().map_err(|e| crate::common::failure("gate", e))?;
-        crate::common::gate::summary(&g.counters(), &conv.stats());
-        Ok(())
+    pub fn finish(g: &GateControl) -> Result<(), String> {
+        g.finish().map_err(|e| crate::common::failure("gate", e))
+    }
+
+    /// The gate's summary on stderr, once the session has ended.
+    pub fn summary(g: &GateControl) {
+        crate::common::gate::summary(&g.accounting());
     }
 }
 
@@ -176,7 +184,11 @@ mod gate {
         Ok((mic, None))
     }
 
-    pub fn finish(g: Never, _conv: &Conversation) -> Result<(), String> {
-        match g {}
+    pub fn finish(g: &Never) -> Result<(), String> {
+        match *g {}
+    }
+
+    pub fn summary(g: &Never) {
+        match *g {}
     }
 }

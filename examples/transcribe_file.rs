@@ -91,14 +91,19 @@ fn stream(
     }
     match &mut gate {
         // The gate's close commits in manual mode.
-        Some(g) => gate::finish(g, conv)?,
+        Some(g) => gate::finish(g)?,
         None if opts.manual && sent_ms > 0 => {
             conv.commit().map_err(|e| common::failure("commit", e))?
         }
         None => {}
     }
-    conv.end_session(common::END_SESSION_TIMEOUT)
-        .map_err(|e| common::failure("end of session", e))
+    let ended = conv
+        .end_session(common::END_SESSION_TIMEOUT)
+        .map_err(|e| common::failure("end of session", e));
+    if let Some(g) = &gate {
+        gate::summary(g);
+    }
+    ended
 }
 
 /// `--gate`: the speech gate in front of the conversation.
@@ -126,10 +131,13 @@ mod gate {
             .map_err(|e| crate::common::failure("append", e))
     }
 
-    pub fn finish(g: &mut GatedSender, conv: &Conversation) -> Result<(), String> {
-        g.finish().map_err(|e| crate::common::failure("gate", e))?;
-        crate::common::gate::summary(&g.counters(), &conv.stats());
-        Ok(())
+    pub fn finish(g: &mut GatedSender) -> Result<(), String> {
+        g.finish().map_err(|e| crate::common::failure("gate", e))
+    }
+
+    /// The gate's summary on stderr, once the session has ended.
+    pub fn summary(g: &GatedSender) {
+        crate::common::gate::summary(&g.accounting());
     }
 }
 
@@ -156,7 +164,11 @@ mod gate {
         match *g {}
     }
 
-    pub fn finish(g: &mut Never, _conv: &Conversation) -> Result<(), String> {
+    pub fn finish(g: &mut Never) -> Result<(), String> {
+        match *g {}
+    }
+
+    pub fn summary(g: &Never) {
         match *g {}
     }
 }

@@ -1,7 +1,7 @@
 //! `--gate`: the speech gate's settings from the options, and its summary on stderr.
 
-use qwen_asr_realtime::gate::{Counters, GateConfig};
-use qwen_asr_realtime::{SessionConfig, Stats};
+use qwen_asr_realtime::gate::{Accounting, GateConfig};
+use qwen_asr_realtime::SessionConfig;
 
 /// The gate the options ask for, built for `session` so that its hangover covers the
 /// server's silence window (VAD mode) or its closes commit (manual mode).
@@ -22,16 +22,16 @@ pub fn config(o: &super::Options, session: &SessionConfig) -> GateConfig {
 }
 
 /// The summary at the end: what was captured, what was sent, and the sessions it took.
-pub fn summary(c: &Counters, stats: &Stats) {
+pub fn summary(a: &Accounting) {
     eprintln!(
         "gate: captured {} ms, sent {} ms ({:.1} %), held back {} ms, dropped {} ms, \
          {} openings, {} session(s)",
-        c.captured_ms(),
-        c.forwarded_ms(),
-        100.0 * c.share_forwarded(),
-        c.gated_ms(),
-        stats.dropped_ms,
-        c.openings,
-        stats.reconnects + 1,
+        a.captured_ms(),
+        a.sent_ms(),
+        100.0 * a.sent_ms() as f64 / a.captured_ms().max(1) as f64,
+        a.gated_ms(),
+        a.dropped_ms(),
+        a.gate.openings,
+        a.sessions(),
     );
 }

@@ -84,6 +84,26 @@ impl AudioSender {
         self.shared.enqueue(Command::Notify(Event::client(kind)))
     }
 
+    /// Asks the I/O thread to end the session because the speech gate has been closed for
+    /// `idle_ms` of audio; in order with the audio, so everything appended before it is
+    /// sent and transcribed first. Waits while the outgoing queue is full.
+    #[cfg_attr(not(feature = "gate"), allow(dead_code))]
+    pub(crate) fn idle(&self, idle_ms: u64) -> Result<()> {
+        self.shared.enqueue(Command::Idle { idle_ms })
+    }
+
+    /// Like [`idle`](Self::idle) but never waits: on [`TryAppendError::Full`] nothing was
+    /// queued. For the gate in front of a capture thread.
+    #[cfg(all(feature = "gate", feature = "alsa"))]
+    pub(crate) fn try_idle(&self, idle_ms: u64) -> Result<(), TryAppendError> {
+        self.shared.try_enqueue(Command::Idle { idle_ms })
+    }
+
+    /// The conversation's accounting (see [`Conversation::stats`](crate::Conversation::stats)).
+    pub fn stats(&self) -> crate::Stats {
+        self.shared.stats()
+    }
+
     /// Like [`notify`](Self::notify) but never waits: on [`TryAppendError::Full`] nothing
     /// was taken. A capture thread reports a loss exactly when the queue is full, so it must
     /// not wait for room.

@@ -60,7 +60,7 @@ pub use config::{
 pub use detector::{
     Detector, EarshotDetector, DETECTOR_FRAME_MS, DETECTOR_FRAME_SAMPLES, DETECTOR_RATE_HZ,
 };
-pub use sender::GatedSender;
+pub use sender::{Accounting, GatedSender};
 #[cfg(feature = "alsa")]
 #[cfg_attr(docsrs, doc(cfg(feature = "alsa")))]
 pub use sink::{GateControl, GatedSink};

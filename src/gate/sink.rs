@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use crate::capture::AudioSink;
 use crate::client::AudioSender;
 use crate::error::{Error, Result, TryAppendError};
-use crate::gate::{Counters, Gate, GateConfig, Output};
+use crate::gate::{Accounting, Counters, Gate, GateConfig, Output};
 use crate::protocol::EventKind;
 use crate::sys::lock;
 
@@ -32,7 +32,8 @@ enum Step {
     Audio(usize),
     /// `input_audio_buffer.commit` (manual mode).
     Commit,
-    /// The gate has been closed for the idle timeout.
+    /// The gate has been closed for the idle timeout: the conversation ends its session and
+    /// opens a new one at the next onset.
     Idle,
 }
 
@@ -54,6 +55,8 @@ struct Inner {
     pending: Pending,
     sender: AudioSender,
     idles: u64,
+    /// The gate's idle timeout, reported with the session's idle end.
+    idle_ms: u64,
     finished: bool,
 }
 
@@ -66,7 +69,7 @@ struct Inner {
 /// use qwen_asr_realtime::{Capture, CaptureConfig, ConnectParams, Conversation, SessionConfig};
 ///
 /// let session = SessionConfig::default();
-/// let conv = Conversation::connect(ConnectParams::new(), session.clone())?;
+/// let conv = Conversation::start(ConnectParams::new(), &session)?;
 /// let (sink, control) = GatedSink::new(conv.audio_sender(), GateConfig::for_session(&session))?;
 /// let mut mic = Capture::start(CaptureConfig::default().sample_rate(control.sample_rate()), sink)?;
 /// // ... later:
@@ -94,6 +97,7 @@ impl GatedSink {
     /// silence window (VAD mode) or its closes commit (manual mode).
     pub fn new(sender: AudioSender, config: GateConfig) -> Result<(GatedSink, GateControl)> {
         let sample_rate = sender.sample_rate();
+        let idle_ms = config.idle_timeout_ms.map_or(0, u64::from);
         let gate = Gate::new(config, sample_rate)?;
         let inner = Arc::new(Mutex::new(Inner {
             gate,
@@ -107,6 +111,7 @@ impl GatedSink {
             },
             sender,
             idles: 0,
+            idle_ms,
             finished: false,
         }));
         let control = GateControl {
@@ -126,19 +131,14 @@ impl AudioSink for GatedSink {
         }
         // What the gate decided before this chunk goes first; until it has, the chunk waits
         // in the capture's queue.
-        inner
-            .pending
-            .drain(&inner.sender, Mode::Try, &mut inner.idles)?;
+        inner.drain(Mode::Try)?;
         if !inner.pending.is_empty() {
             return Err(TryAppendError::Full);
         }
         let pending = &mut inner.pending;
         inner.gate.process(samples, |out| pending.push(out));
         // The chunk is taken: what cannot go now goes before the next one.
-        match inner
-            .pending
-            .drain(&inner.sender, Mode::Try, &mut inner.idles)
-        {
+        match inner.drain(Mode::Try) {
             Err(TryAppendError::Full) | Ok(()) => Ok(()),
             Err(e) => Err(e),
         }
@@ -160,6 +160,14 @@ impl AudioSink for GatedSink {
     }
 }
 
+impl Inner {
+    /// Sends what the gate decided, in order, as far as `mode` allows.
+    fn drain(&mut self, mode: Mode) -> std::result::Result<(), TryAppendError> {
+        self.pending
+            .drain(&self.sender, mode, &mut self.idles, self.idle_ms)
+    }
+}
+
 impl GateControl {
     /// The session's sample rate the gate runs at: give it to the capture's config.
     pub fn sample_rate(&self) -> u32 {
@@ -172,9 +180,19 @@ impl GateControl {
         lock(&self.inner).gate.counters()
     }
 
-    /// Stretches of silence long enough to end a session (`GateConfig::idle_timeout_ms`).
+    /// Stretches of silence long enough to end a session (`GateConfig::idle_timeout_ms`):
+    /// each one ended the session then.
     pub fn idles(&self) -> u64 {
         lock(&self.inner).idles
+    }
+
+    /// The gate's and the conversation's accounting together (see [`Accounting`]).
+    pub fn accounting(&self) -> Accounting {
+        let inner = lock(&self.inner);
+        Accounting {
+            gate: inner.gate.counters(),
+            conversation: inner.sender.stats(),
+        }
     }
 
     /// True while the gate forwards audio.
@@ -196,14 +214,11 @@ impl GateControl {
         inner.finished = true;
         let pending = &mut inner.pending;
         inner.gate.finish(|out| pending.push(out));
-        inner
-            .pending
-            .drain(&inner.sender, Mode::Wait, &mut inner.idles)
-            .map_err(|e| match e {
-                TryAppendError::Other(e) => e,
-                // Blocking sends never answer Full.
-                TryAppendError::Full => Error::closed(),
-            })
+        inner.drain(Mode::Wait).map_err(|e| match e {
+            TryAppendError::Other(e) => e,
+            // Blocking sends never answer Full.
+            TryAppendError::Full => Error::closed(),
+        })
     }
 }
 
@@ -267,6 +282,7 @@ impl Pending {
         sender: &AudioSender,
         mode: Mode,
         idles: &mut u64,
+        idle_ms: u64,
     ) -> std::result::Result<(), TryAppendError> {
         while let Some(step) = self.steps.front_mut() {
             match step {
@@ -311,7 +327,13 @@ impl Pending {
                         Err(e) => return Err(e),
                     }
                 }
-                Step::Idle => *idles += 1,
+                Step::Idle => {
+                    match mode {
+                        Mode::Try => sender.try_idle(idle_ms)?,
+                        Mode::Wait => sender.idle(idle_ms).map_err(TryAppendError::Other)?,
+                    }
+                    *idles += 1;
+                }
             }
             self.steps.pop_front();
         }

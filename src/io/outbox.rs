@@ -44,6 +44,10 @@ pub(crate) enum Command {
     Notify(Event),
     /// Close the connection with this code.
     Close { code: u16, reason: String },
+    /// The speech gate has been closed for its idle timeout (`idle_ms` of audio): end the
+    /// session cleanly and stay disconnected until something needs the service again.
+    #[cfg_attr(not(feature = "gate"), allow(dead_code))]
+    Idle { idle_ms: u64 },
 }
 
 impl Command {
@@ -119,6 +123,8 @@ pub(crate) struct Counters {
     pub backlog_ms: AtomicU64,
     pub max_backlog_ms: AtomicU64,
     pub reconnects: AtomicU32,
+    /// Sessions opened: the first, and each one after a reconnect or an idle close.
+    pub sessions: AtomicU32,
     /// When the first audio was appended: the start of the real-time clock that tells a
     /// live source falling behind from a file sent faster than real time.
     pub first_append: OnceLock<Instant>,
@@ -143,6 +149,9 @@ pub struct Stats {
     pub max_backlog_ms: u64,
     /// Connections replaced after the link died.
     pub reconnects: u32,
+    /// Sessions opened: the first, and one for each reconnect and each reopening after an
+    /// idle close (`client.session_reopened`).
+    pub sessions: u32,
 }
 
 impl Shared {
@@ -266,6 +275,7 @@ impl Shared {
             backlog_ms: c.backlog_ms.load(Ordering::Relaxed),
             max_backlog_ms: c.max_backlog_ms.load(Ordering::Relaxed),
             reconnects: c.reconnects.load(Ordering::Relaxed),
+            sessions: c.sessions.load(Ordering::Relaxed),
         }
     }
 
