@@ -4,6 +4,7 @@
 
 pub(crate) mod arena;
 pub(crate) mod link;
+pub(crate) mod opus_uplink;
 pub(crate) mod outbox;
 pub(crate) mod replay;
 pub(crate) mod thread;

@@ -21,6 +21,7 @@ use tungstenite::{Bytes, Message, Utf8Bytes};
 use crate::config::{ApiKey, ConnectParams};
 use crate::error::Error;
 use crate::io::link::Link;
+use crate::io::opus_uplink::OpusUplink;
 use crate::io::outbox::{Command, Reply, Shared};
 use crate::io::replay::Replay;
 use crate::net::{self, Opened, Socket};
@@ -159,6 +160,8 @@ struct State {
     /// The backlog passed `behind_threshold`: the level of the next `client.link_behind`
     /// report, and the largest backlog seen meanwhile.
     behind: Option<(u64, u64)>,
+    /// The Opus encoder, for sessions whose PCM the library encodes.
+    uplink: OpusUplink,
 }
 
 /// How a connection ended.
@@ -215,6 +218,7 @@ impl IoThread {
             finish_sent: false,
             held_cmd: None,
             behind: None,
+            uplink: OpusUplink::new(),
         };
         let served =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve_all(&mut st)));
@@ -613,7 +617,7 @@ impl IoThread {
             };
             let written = match cmd {
                 Command::Frame { text, audio_bytes } => {
-                    match link.try_send(text, self.shared.frame_audio(audio_bytes)) {
+                    match st.uplink.send_frame(link, &self.shared, text, audio_bytes) {
                         Ok(()) => self.shared.dequeued(audio_bytes),
                         // Still full: the frame keeps its place at the head of the queue.
                         Err(text) => {
@@ -628,10 +632,11 @@ impl IoThread {
                     }
                     Ok(())
                 }
-                Command::Commit { text } => {
+                Command::Commit { text } => st.uplink.before_commit(link).and_then(|()| {
                     link.replay_mut().commit();
                     link.write(Message::Text(text.into()))
-                }
+                        .map_err(|e| e.to_string())
+                }),
                 Command::Update {
                     text,
                     event_id,
@@ -640,7 +645,7 @@ impl IoThread {
                     st.waiters.update = reply.map(|r| (event_id, r));
                     let text = Utf8Bytes::from(text);
                     st.last_update = Some(text.clone());
-                    link.write(Message::Text(text))
+                    link.write(Message::Text(text)).map_err(|e| e.to_string())
                 }
                 Command::Finish {
                     text,
@@ -649,8 +654,11 @@ impl IoThread {
                 } => {
                     st.waiters.finish = reply.map(|r| (event_id, r));
                     st.finish_sent = true;
-                    link.replay_mut().finish();
-                    link.write(Message::Text(text.into()))
+                    st.uplink.before_finish(link).and_then(|()| {
+                        link.replay_mut().finish();
+                        link.write(Message::Text(text.into()))
+                            .map_err(|e| e.to_string())
+                    })
                 }
                 Command::Notify(event) => {
                     st.out.push(event);
@@ -659,7 +667,7 @@ impl IoThread {
                 Command::Close { code, reason } => return Ok(Some((code, reason))),
             };
             if let Err(e) = written {
-                let (code, reason) = self.shared.peer_close().unwrap_or((1006, e.to_string()));
+                let (code, reason) = self.shared.peer_close().unwrap_or((1006, e));
                 return Err(lost(code, reason));
             }
         }
@@ -919,11 +927,17 @@ impl IoThread {
             }
         }
         let (frames, replayed_ms) = link.replay_mut().start_session();
+        // A new session is a new Ogg stream; the replay's PCM is encoded into it afresh.
+        st.uplink.new_stream();
         for frame in frames {
-            let text = frame.unwrap_or_else(|| protocol::commit_json().0.into());
-            socket.write(Message::Text(text)).map_err(ws_error)?;
+            for text in st.uplink.replay_wire(&self.shared, frame)? {
+                socket.write(Message::Text(text)).map_err(ws_error)?;
+            }
         }
         if st.finish_sent {
+            for text in st.uplink.finish_wire()? {
+                socket.write(Message::Text(text)).map_err(ws_error)?;
+            }
             let (text, event_id) = protocol::finish_json();
             if let Some((id, _)) = &mut st.waiters.finish {
                 *id = event_id;

@@ -1,0 +1,320 @@
+//! The Opus uplink end to end, against the emulator on loopback: PCM handed to `append_pcm`
+//! leaves as one Ogg Opus stream per session, and the emulator's record of the appended
+//! bytes is read back with the strict test-side reader and decoded, then compared with the
+//! source (through a lossy codec: envelopes and waveform correlation, not bytes).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use qwen_asr_emulator::{EmulatorConfig, Fault, FaultAction, SessionRecord};
+use qwen_asr_realtime::__fuzz::ogg_read::OggOpusReader;
+use qwen_asr_realtime::opus::OpusConfig;
+use qwen_asr_realtime::{Conversation, Event, EventKind, ReconnectPolicy, SessionConfig};
+
+const RATE: u32 = 16_000;
+/// 100 ms of audio per append.
+const CHUNK: usize = 1_600;
+
+/// The speech fixture's samples.
+fn speech() -> Vec<i16> {
+    shipped_wav_pcm()
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+fn opus_session() -> SessionConfig {
+    SessionConfig::manual().opus(OpusConfig::default())
+}
+
+fn recording(faults: Vec<Fault>) -> EmulatorConfig {
+    EmulatorConfig {
+        faults,
+        fault_sessions: Some(1),
+        record_audio: true,
+        ..Default::default()
+    }
+}
+
+/// Reads one session's appended bytes as an Ogg Opus stream, decoding at the source's rate.
+fn read_stream(session: &SessionRecord) -> OggOpusReader {
+    let mut reader = OggOpusReader::new(RATE);
+    reader
+        .push(&session.audio_data)
+        .unwrap_or_else(|e| panic!("session {}: not a valid Ogg Opus stream: {e}", session.id));
+    reader
+}
+
+/// Pearson correlation of two equally long signals.
+fn correlation(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        ab += (x - ma) * (y - mb);
+        aa += (x - ma) * (x - ma);
+        bb += (y - mb) * (y - mb);
+    }
+    ab / (aa * bb).sqrt()
+}
+
+/// RMS per 20 ms window.
+fn envelope(pcm: &[i16]) -> Vec<f64> {
+    pcm.chunks((RATE / 50) as usize)
+        .map(|c| (c.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / c.len() as f64).sqrt())
+        .collect()
+}
+
+/// Decoded audio of the source's length whose 20 ms envelope and waveform follow the
+/// source's: through libopus at the defaults the speech fixture gives about 0.999 and 0.9;
+/// the same decode one pre-skip (6.5 ms) off gives 0.02 and under 0.87.
+fn assert_matches_source(decoded: &[i16], source: &[i16]) {
+    assert_eq!(decoded.len(), source.len(), "decoded length");
+    let env = correlation(&envelope(decoded), &envelope(source));
+    let wave = correlation(
+        &decoded.iter().map(|&s| f64::from(s)).collect::<Vec<_>>(),
+        &source.iter().map(|&s| f64::from(s)).collect::<Vec<_>>(),
+    );
+    assert!(env > 0.98, "envelope correlation {env:.3}");
+    assert!(wave > 0.85, "waveform correlation {wave:.3}");
+}
+
+fn dropped_ms(events: &[Event]) -> u64 {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::AudioDropped { ms, .. } => Some(*ms),
+            _ => None,
+        })
+        .sum()
+}
+
+fn append_all(conv: &Conversation, samples: &[i16]) {
+    for c in samples.chunks(CHUNK) {
+        conv.append_pcm(c).expect("append");
+    }
+}
+
+fn end(conv: &Conversation) -> Vec<Event> {
+    let ended = conv.end_session(WAIT);
+    let events = collect_until_closed(conv);
+    ended.unwrap_or_else(|e| panic!("end_session: {e}; events {:?}", types(&events)));
+    events
+}
+
+/// Before: `SessionConfig` had no encoder, and PCM into an Opus session was refused.
+#[test]
+fn pcm_appends_leave_as_one_ogg_opus_stream_headers_first_one_page_per_append() {
+    let emu = start_emulator(recording(Vec::new()));
+    let conv = Conversation::start(params_for(&emu), &opus_session()).unwrap();
+    let source = speech();
+    append_all(&conv, &source);
+    // Bytes encoded elsewhere would break the stream this session writes.
+    assert!(conv.append_bytes(&[1, 2, 3, 4]).is_err());
+    assert!(conv.append_base64("AAAA").is_err());
+    let events = end(&conv);
+
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), 1);
+    let s = &sessions[0];
+    assert_eq!(s.config["input_audio_format"], "opus", "{}", s.config);
+    let reader = read_stream(s);
+    reader
+        .finish()
+        .expect("the stream ends with an end-of-stream page");
+    let head = reader.head().expect("OpusHead");
+    assert_eq!((head.channels, head.input_sample_rate), (1, RATE));
+    // The reader has checked that OpusHead and OpusTags come first, each alone on its page;
+    // as many pages as appends means every append carried exactly one whole page.
+    assert_eq!(
+        reader.pages().len() as u64,
+        s.appends,
+        "one page per append"
+    );
+    assert!(s.appends > 2, "audio pages after the headers");
+    assert_matches_source(reader.pcm(), &source);
+    // The end-of-stream page came before session.finish: the emulator's last item (the
+    // buffer taken at session.finish) runs to the end of what was appended.
+    let last = s.items.last().expect("an item at session.finish");
+    assert_eq!(last.start + last.audio.bytes, s.audio_data.len() as u64);
+
+    let stats = conv.stats();
+    let source_ms = source.len() as u64 * 1000 / u64::from(RATE);
+    assert_eq!(stats.appended_ms, source_ms, "appended_ms counts the PCM");
+    assert_eq!(stats.dropped_ms, 0);
+    assert_eq!(dropped_ms(&events), 0, "{:?}", types(&events));
+    // On the wire each page is base64 inside an append event of about 100 bytes more.
+    let secs = source_ms as f64 / 1000.0;
+    let pages = s.audio_data.len() as f64 / secs;
+    let wire = (s.audio_data.len() as f64 * 4.0 / 3.0 + s.appends as f64 * 101.0) / secs;
+    eprintln!("Ogg Opus: {pages:.0} bytes of pages, about {wire:.0} on the wire, per audio second");
+}
+
+/// Before: the replay window sent the first stream's frames again, so the new session got
+/// pages of a stream it had never seen the headers of.
+#[test]
+fn a_reconnect_starts_a_new_stream_with_fresh_headers_and_re_encodes_the_replay() {
+    let emu = start_emulator(recording(vec![Fault::AfterAppends {
+        n: 8,
+        action: FaultAction::Drop,
+    }]));
+    let mut policy = ReconnectPolicy::default();
+    policy.initial_backoff = Duration::from_millis(20);
+    policy.max_backoff = Duration::from_millis(200);
+    policy.max_attempts = 20;
+    let params = params_for(&emu).reconnect(policy);
+    let conv = Conversation::start(params, &opus_session()).unwrap();
+    let source = speech();
+    // The link dies in the middle of the stream, and audio follows the reconnect: the new
+    // stream must not be the old one continued (nor one begun by session.finish's end).
+    let (before, after) = source.split_at(30 * CHUNK);
+    append_all(&conv, before);
+    let mut events = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !events
+        .iter()
+        .any(|e: &Event| matches!(e.kind, EventKind::Reconnected { .. }))
+    {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .unwrap_or_else(|| panic!("no reconnect within {WAIT:?}: {:?}", types(&events)));
+        events.push(conv.recv_timeout(left).expect("an event"));
+    }
+    append_all(&conv, after);
+    events.extend(end(&conv));
+
+    let replays: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Reconnected { replayed_ms, .. } => Some(*replayed_ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replays.len(), 1, "{:?}", types(&events));
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), 2);
+    let first = read_stream(&sessions[0]);
+    assert!(!first.is_ended(), "the first stream was cut off");
+    assert!(first.head().is_some() && first.pages().len() == 8);
+    let second = read_stream(&sessions[1]);
+    second.finish().expect("the second stream is whole");
+    assert_ne!(first.serial(), second.serial(), "a new logical stream");
+    assert_eq!(second.pages()[0].granule, 0);
+    // Nothing had its result when the link died (manual mode, no commit), so all that had
+    // been appended by then was replayed (counted in ms rounded up, as a replay or a loss
+    // is), and the new stream decodes to the whole source.
+    assert_eq!(
+        replays[0],
+        (before.len() as u64 * 1000).div_ceil(u64::from(RATE))
+    );
+    assert_matches_source(second.pcm(), &source);
+    let stats = conv.stats();
+    assert_eq!(
+        stats.appended_ms,
+        source.len() as u64 * 1000 / u64::from(RATE)
+    );
+    assert_eq!(dropped_ms(&events), 0, "{:?}", types(&events));
+}
+
+/// Before: a commit went out while the audio before it still sat in the encoder's page.
+#[test]
+fn a_commit_sends_the_page_being_filled_first() {
+    let emu = start_emulator(recording(Vec::new()));
+    let conv = Conversation::start(params_for(&emu), &opus_session()).unwrap();
+    // 1,030 ms: 51 whole 20 ms frames (five full 100 ms pages, and one frame that fills no
+    // page) and 10 ms that is less than a frame.
+    let utterance = burst(RATE, 1_030, 0);
+    append_all(&conv, &utterance);
+    conv.commit().unwrap();
+    let second = burst(RATE, 500, 0);
+    append_all(&conv, &second);
+    let events = end(&conv);
+    assert_eq!(transcripts(&events).len(), 2, "{:?}", types(&events));
+
+    let sessions = emu.sessions();
+    let s = &sessions[0];
+    assert_eq!(s.items.len(), 2, "the commit's item and the finish's");
+    let committed = &s.items[0];
+    assert_eq!(committed.start, 0);
+    let mut reader = OggOpusReader::new(RATE);
+    reader
+        .push(&s.audio_data[..committed.audio.bytes as usize])
+        .unwrap();
+    assert!(!reader.has_partial_page(), "the commit came between pages");
+    assert_eq!(
+        reader.audio_packets(),
+        51,
+        "every whole frame of the utterance was on the wire before its commit"
+    );
+    // The 10 ms remainder went out with the next audio: nothing lost.
+    let all = read_stream(s);
+    all.finish().unwrap();
+    assert_eq!(all.pcm().len(), utterance.len() + second.len());
+    assert_eq!(conv.stats().appended_ms, 1_530);
+}
+
+/// Before: audio in an Opus session counted 0 ms (its size says nothing of its length), so
+/// appended_ms stayed 0 and audio still queued when the conversation closed was reported as
+/// 0 ms dropped.
+#[test]
+fn closing_with_audio_in_flight_reports_every_ms_of_the_pcm() {
+    let emu = start_emulator(recording(vec![Fault::AfterAppends {
+        n: 3,
+        action: FaultAction::Stall,
+    }]));
+    let conv = Conversation::start(params_for(&emu), &opus_session()).unwrap();
+    let chunks = 50;
+    let audio = burst(RATE, 100 * chunks, 0);
+    append_all(&conv, &audio);
+    let appended = conv.stats().appended_ms;
+    assert_eq!(appended, 100 * u64::from(chunks));
+    conv.close();
+    let events = collect_until_closed(&conv);
+    assert!(matches!(
+        events.last().map(|e| &e.kind),
+        Some(EventKind::Closed { .. })
+    ));
+    assert!(transcripts(&events).is_empty());
+    assert_eq!(
+        dropped_ms(&events),
+        appended,
+        "nothing was transcribed, so all of it is reported: {:?}",
+        events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::AudioDropped { .. }))
+            .map(|e| format!("{:?}", e.kind))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(conv.stats().dropped_ms, appended);
+}
+
+/// Opus at 8 kHz, with 8 kHz in `session.update` and as the OpusHead input rate; a rate the
+/// encoder cannot take is refused before anything is sent.
+#[test]
+fn an_8khz_session_is_encoded_at_8khz() {
+    let emu = start_emulator(recording(Vec::new()));
+    let config = opus_session().sample_rate(8_000);
+    let conv = Conversation::start(params_for(&emu), &config).unwrap();
+    let tone = burst(8_000, 1_000, 200);
+    for c in tone.chunks(800) {
+        conv.append_pcm(c).unwrap();
+    }
+    end(&conv);
+    let s = &emu.sessions()[0];
+    assert_eq!(s.config["sample_rate"], 8_000);
+    let mut reader = OggOpusReader::new(8_000);
+    reader.push(&s.audio_data).unwrap();
+    reader.finish().unwrap();
+    assert_eq!(reader.head().unwrap().input_sample_rate, 8_000);
+    assert_eq!(reader.pcm().len(), tone.len());
+    assert_eq!(conv.stats().appended_ms, 1_200);
+
+    assert!(opus_session().sample_rate(44_100).validate().is_err());
+    assert!(SessionConfig::manual()
+        .opus(OpusConfig::default().bitrate_bps(1))
+        .validate()
+        .is_err());
+}
