@@ -653,8 +653,9 @@ impl ConnectParams {
 }
 
 /// The audio format announced in `session.update`. PCM is 16-bit signed little-endian mono;
-/// Opus is passed through as given: the service documents `opus` but not its framing (see the
-/// `opus` module, feature `opus`, for the Ogg Opus stream this crate can write).
+/// Opus is passed through as given (the service documents `opus` but not its framing), unless
+/// the library encodes it: `SessionConfig::opus`, feature `opus`, writes one Ogg Opus stream
+/// per session from the PCM appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AudioFormat {
     /// 16-bit signed little-endian mono PCM.

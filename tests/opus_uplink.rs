@@ -11,7 +11,9 @@ use common::*;
 use qwen_asr_emulator::{EmulatorConfig, Fault, FaultAction, SessionRecord};
 use qwen_asr_realtime::__fuzz::ogg_read::OggOpusReader;
 use qwen_asr_realtime::opus::OpusConfig;
-use qwen_asr_realtime::{Conversation, Event, EventKind, ReconnectPolicy, SessionConfig};
+use qwen_asr_realtime::{
+    AudioFormat, Conversation, Event, EventKind, ReconnectPolicy, SessionConfig, TryAppendError,
+};
 
 const RATE: u32 = 16_000;
 /// 100 ms of audio per append.
@@ -173,16 +175,7 @@ fn a_reconnect_starts_a_new_stream_with_fresh_headers_and_re_encodes_the_replay(
     let (before, after) = source.split_at(30 * CHUNK);
     append_all(&conv, before);
     let mut events = Vec::new();
-    let deadline = std::time::Instant::now() + WAIT;
-    while !events
-        .iter()
-        .any(|e: &Event| matches!(e.kind, EventKind::Reconnected { .. }))
-    {
-        let left = deadline
-            .checked_duration_since(std::time::Instant::now())
-            .unwrap_or_else(|| panic!("no reconnect within {WAIT:?}: {:?}", types(&events)));
-        events.push(conv.recv_timeout(left).expect("an event"));
-    }
+    wait_for_reconnect(&conv, &mut events);
     append_all(&conv, after);
     events.extend(end(&conv));
 
@@ -217,6 +210,59 @@ fn a_reconnect_starts_a_new_stream_with_fresh_headers_and_re_encodes_the_replay(
         source.len() as u64 * 1000 / u64::from(RATE)
     );
     assert_eq!(dropped_ms(&events), 0, "{:?}", types(&events));
+}
+
+/// Waits (bounded) for `client.reconnected`, keeping the events read on the way.
+fn wait_for_reconnect(conv: &Conversation, events: &mut Vec<Event>) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !events
+        .iter()
+        .any(|e| matches!(e.kind, EventKind::Reconnected { .. }))
+    {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .unwrap_or_else(|| panic!("no reconnect within {WAIT:?}: {:?}", types(events)));
+        events.push(conv.recv_timeout(left).expect("an event"));
+    }
+}
+
+/// After a reconnect only the audio without a result goes into the new stream: the
+/// committed and transcribed first two seconds are not sent again, the rest is re-encoded
+/// from its PCM, starting a stream of its own at granule 0.
+#[test]
+fn after_a_reconnect_the_new_stream_starts_where_the_results_end() {
+    // Session 1: the two headers, 20 pages (2 s, committed), then 5 pages of what follows.
+    let emu = start_emulator(recording(vec![Fault::AfterAppends {
+        n: 27,
+        action: FaultAction::Drop,
+    }]));
+    let mut policy = ReconnectPolicy::default();
+    policy.initial_backoff = Duration::from_millis(20);
+    policy.max_backoff = Duration::from_millis(200);
+    let conv = Conversation::start(params_for(&emu).reconnect(policy), &opus_session()).unwrap();
+    let source = speech();
+    let (done, rest) = source.split_at(20 * CHUNK);
+    let (before, after) = rest.split_at(10 * CHUNK);
+    append_all(&conv, done);
+    conv.commit().unwrap();
+    append_all(&conv, before);
+    let mut events = Vec::new();
+    wait_for_reconnect(&conv, &mut events);
+    append_all(&conv, after);
+    events.extend(end(&conv));
+
+    assert_eq!(transcripts(&events).len(), 2, "{:?}", types(&events));
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), 2);
+    let second = read_stream(&sessions[1]);
+    second.finish().expect("the second stream is whole");
+    assert_eq!(second.pages()[0].granule, 0);
+    assert_matches_source(second.pcm(), rest);
+    assert_eq!(dropped_ms(&events), 0, "{:?}", types(&events));
+    assert_eq!(
+        conv.stats().appended_ms,
+        source.len() as u64 * 1000 / u64::from(RATE)
+    );
 }
 
 /// Before: a commit went out while the audio before it still sat in the encoder's page.
@@ -291,16 +337,24 @@ fn closing_with_audio_in_flight_reports_every_ms_of_the_pcm() {
     assert_eq!(conv.stats().dropped_ms, appended);
 }
 
-/// Opus at 8 kHz, with 8 kHz in `session.update` and as the OpusHead input rate; a rate the
-/// encoder cannot take is refused before anything is sent.
+/// Opus at 8 kHz, with 8 kHz in `session.update` and as the OpusHead input rate, through
+/// `try_append_pcm`; a rate or setting the encoder cannot take is refused before anything is
+/// sent.
 #[test]
 fn an_8khz_session_is_encoded_at_8khz() {
     let emu = start_emulator(recording(Vec::new()));
     let config = opus_session().sample_rate(8_000);
     let conv = Conversation::start(params_for(&emu), &config).unwrap();
     let tone = burst(8_000, 1_000, 200);
+    // The non-blocking append (what capture uses) takes the same path.
     for c in tone.chunks(800) {
-        conv.append_pcm(c).unwrap();
+        let mut tries = 0;
+        while let Err(e) = conv.try_append_pcm(c) {
+            assert!(matches!(e, TryAppendError::Full), "{e}");
+            tries += 1;
+            assert!(tries < 2_000, "the queue stayed full");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     end(&conv);
     let s = &emu.sessions()[0];
@@ -317,4 +371,10 @@ fn an_8khz_session_is_encoded_at_8khz() {
         .opus(OpusConfig::default().bitrate_bps(1))
         .validate()
         .is_err());
+    let mut mismatched = opus_session();
+    mismatched.input_audio_format = AudioFormat::Pcm;
+    assert!(
+        mismatched.validate().is_err(),
+        "Opus encoding announced as PCM"
+    );
 }

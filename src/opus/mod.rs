@@ -53,6 +53,15 @@
 //! re-encoding the replay window's PCM into the new stream is always a valid stream at a cost
 //! of about 5 ms of x86 CPU per replayed audio second.
 //!
+//! # In a conversation
+//!
+//! `SessionConfig::opus` makes a conversation encode the PCM that `append_pcm`,
+//! `try_append_pcm` and capture take. The conversation's I/O thread owns the one encoder and
+//! makes one [`OpusStream`] per server session, started with the session's first audio; its
+//! replay window keeps the PCM, which is re-encoded into the new stream after a reconnect (the
+//! choice above). A manual commit first completes the page being filled
+//! ([`OpusStream::flush`]); `session.finish` follows the end-of-stream page.
+//!
 //! # The encoder
 //!
 //! libopus 1.6 (the reference implementation), built from source and linked statically: the
