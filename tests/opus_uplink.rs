@@ -148,11 +148,19 @@ fn pcm_appends_leave_as_one_ogg_opus_stream_headers_first_one_page_per_append() 
     assert_eq!(stats.appended_ms, source_ms, "appended_ms counts the PCM");
     assert_eq!(stats.dropped_ms, 0);
     assert_eq!(dropped_ms(&events), 0, "{:?}", types(&events));
-    // On the wire each page is base64 inside an append event of about 100 bytes more.
+    // What the WebSocket carried: per page its base64 in a 99-byte append event, in a
+    // client frame with an 8-byte header (2, the 16-bit length, the 4-byte mask).
     let secs = source_ms as f64 / 1000.0;
-    let pages = s.audio_data.len() as f64 / secs;
-    let wire = (s.audio_data.len() as f64 * 4.0 / 3.0 + s.appends as f64 * 101.0) / secs;
-    eprintln!("Ogg Opus: {pages:.0} bytes of pages, about {wire:.0} on the wire, per audio second");
+    let pages_per_s = s.audio_data.len() as f64 / secs;
+    let wire: usize = reader
+        .pages()
+        .iter()
+        .map(|p| 8 + 99 + p.bytes.div_ceil(3) * 4)
+        .sum();
+    eprintln!(
+        "Ogg Opus: {pages_per_s:.0} bytes of pages, {:.0} bytes on the wire, per audio second",
+        wire as f64 / secs
+    );
 }
 
 /// Before: the replay window sent the first stream's frames again, so the new session got
