@@ -632,11 +632,14 @@ impl IoThread {
                     }
                     Ok(())
                 }
-                Command::Commit { text } => st.uplink.before_commit(link).and_then(|()| {
+                Command::Commit { text } => {
+                    // Recorded first: if the link fails from here on, the replay commits anew.
                     link.replay_mut().commit();
-                    link.write(Message::Text(text.into()))
-                        .map_err(|e| e.to_string())
-                }),
+                    st.uplink.before_commit(link).and_then(|()| {
+                        link.write(Message::Text(text.into()))
+                            .map_err(|e| e.to_string())
+                    })
+                }
                 Command::Update {
                     text,
                     event_id,
@@ -654,8 +657,8 @@ impl IoThread {
                 } => {
                     st.waiters.finish = reply.map(|r| (event_id, r));
                     st.finish_sent = true;
+                    link.replay_mut().finish();
                     st.uplink.before_finish(link).and_then(|()| {
-                        link.replay_mut().finish();
                         link.write(Message::Text(text.into()))
                             .map_err(|e| e.to_string())
                     })
