@@ -391,3 +391,54 @@ fn an_8khz_session_is_encoded_at_8khz() {
         "Opus encoding announced as PCM"
     );
 }
+
+/// Capture (real alsa-lib, a `file` PCM over `null` reading a raw file, so no sound card)
+/// feeds an encoding session through `try_append_pcm`: what the microphone gave is what the
+/// stream decodes to. One second: ten chunks, which the queue holds whatever the I/O thread's
+/// pace, so none is dropped and the decode can be compared with the file.
+#[cfg(feature = "alsa")]
+#[test]
+fn capture_feeds_the_encoder() {
+    use qwen_asr_realtime::CaptureConfig;
+    let dir = std::env::temp_dir().join(format!("qwen-opus-capture-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("alsa")).unwrap();
+    let raw = dir.join("speech.raw");
+    let source = speech();
+    std::fs::write(&raw, le_bytes(&source)).unwrap();
+    std::fs::write(
+        dir.join("alsa/asoundrc"),
+        format!(
+            "pcm.qwen_opus_speech {{\n  type file\n  slave.pcm \"null\"\n  file \"/dev/null\"\n  \
+             infile \"{}\"\n  format \"raw\"\n}}\n",
+            raw.display()
+        ),
+    )
+    .unwrap();
+    // Read by alsa.conf before the first ALSA call; no other test here uses ALSA.
+    std::env::set_var("XDG_CONFIG_HOME", &dir);
+
+    let emu = start_emulator(recording(Vec::new()));
+    let conv = Conversation::start(params_for(&emu), &opus_session()).unwrap();
+    let config = CaptureConfig::default()
+        .device("qwen_opus_speech")
+        .limit_ms(1_000);
+    let mut mic = conv.stream_from_microphone(config).unwrap();
+    for _ in 0..3_000 {
+        if !mic.is_running() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!mic.is_running(), "the capture ends at its limit");
+    mic.stop().unwrap();
+    conv.commit().unwrap();
+    let events = end(&conv);
+    std::fs::remove_dir_all(&dir).ok();
+
+    assert_eq!(dropped_ms(&events), 0, "{:?}", types(&events));
+    assert_eq!(conv.stats().appended_ms, 1_000);
+    let s = &emu.sessions()[0];
+    let reader = read_stream(s);
+    reader.finish().unwrap();
+    assert_matches_source(reader.pcm(), &source[..RATE as usize]);
+}
