@@ -1,7 +1,9 @@
 //! The Opus uplink end to end, against the emulator on loopback: PCM handed to `append_pcm`
 //! leaves as one Ogg Opus stream per session, and the emulator's record of the appended
 //! bytes is read back with the strict test-side reader and decoded, then compared with the
-//! source (through a lossy codec: envelopes and waveform correlation, not bytes).
+//! source (through a lossy codec: envelopes and waveform correlation, not bytes); a plain
+//! session's stream and the stream after a reconnect are also decoded by the Xiph reference
+//! decoder (`opusdec`, opus-tools, required on PATH as for the other Opus tests).
 
 mod common;
 
@@ -84,6 +86,56 @@ fn assert_matches_source(decoded: &[i16], source: &[i16]) {
     assert!(wave > 0.85, "waveform correlation {wave:.3}");
 }
 
+/// What the Xiph reference decoder (`opusdec` from opus-tools, which the Opus tests require
+/// on PATH) makes of a recorded session, after `opusinfo` found nothing to warn about: an
+/// independent check of the stream the client wrote.
+fn opusdec(session: &SessionRecord, name: &str) -> Vec<i16> {
+    use std::process::Command;
+    let dir = std::env::temp_dir().join(format!("qwen-opus-uplink-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ogg = dir.join("session.opus");
+    let wav = dir.join("decoded.wav");
+    std::fs::write(&ogg, &session.audio_data).unwrap();
+    let tool = |program: &str, args: &[&std::ffi::OsStr]| {
+        let out = Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program} ({e}): install opus-tools"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{program} failed:\n{text}");
+        text
+    };
+    let info = tool("opusinfo", &[ogg.as_os_str()]);
+    assert!(
+        !info.contains("WARNING") && !info.contains("ERROR"),
+        "opusinfo complains:\n{info}"
+    );
+    tool(
+        "opusdec",
+        &[
+            "--quiet".as_ref(),
+            "--rate".as_ref(),
+            "16000".as_ref(),
+            ogg.as_os_str(),
+            wav.as_os_str(),
+        ],
+    );
+    let mut r = qwen_asr_realtime::audio::wav::WavReader::open(&wav).unwrap();
+    let mut pcm = vec![0i16; r.len_samples().unwrap() as usize];
+    let mut at = 0;
+    while at < pcm.len() {
+        let n = r.read_samples(&mut pcm[at..]).unwrap();
+        assert!(n > 0, "opusdec's WAV is shorter than its header says");
+        at += n;
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    pcm
+}
+
 fn dropped_ms(events: &[Event]) -> u64 {
     events
         .iter()
@@ -138,6 +190,7 @@ fn pcm_appends_leave_as_one_ogg_opus_stream_headers_first_one_page_per_append() 
     );
     assert!(s.appends > 2, "audio pages after the headers");
     assert_matches_source(reader.pcm(), &source);
+    assert_matches_source(&opusdec(s, "plain"), &source);
     // The end-of-stream page came before session.finish: the emulator's last item (the
     // buffer taken at session.finish) runs to the end of what was appended.
     let last = s.items.last().expect("an item at session.finish");
@@ -215,6 +268,7 @@ fn a_reconnect_starts_a_new_stream_with_fresh_headers_and_re_encodes_the_replay(
         replays[0]
     );
     assert_matches_source(second.pcm(), &source);
+    assert_matches_source(&opusdec(&sessions[1], "reconnect"), &source);
     let stats = conv.stats();
     assert_eq!(
         stats.appended_ms,
