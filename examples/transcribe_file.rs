@@ -19,20 +19,11 @@ FILE.wav must be 16-bit PCM mono at 16000 or 8000 Hz (convert others with
 
 options:
   --realtime         pace the audio at real time (default: as fast as the socket takes it)
-  --gate             send only speech: an on-device speech gate (feature `gate`) holds the
-                     rest back; a summary goes to stderr at the end
-  --gate-preroll-ms N   audio kept and sent before each onset (default 500)
-  --gate-hangover-ms N  audio sent after speech ends (default 500; in VAD mode at least the
-                     session's silence window plus 300 ms, so that each utterance ends on time)
 ";
 
 fn main() {
-    let usage = format!("{USAGE}{}", common::COMMON_OPTIONS);
-    let opts = common::parse_args(
-        &usage,
-        &["--realtime", "--gate"],
-        &["--gate-preroll-ms", "--gate-hangover-ms"],
-    );
+    let usage = format!("{USAGE}{}{}", common::GATE_OPTIONS, common::COMMON_OPTIONS);
+    let opts = common::parse_args(&usage, &["--realtime", "--gate"], &[]);
     let [path] = opts.positional.as_slice() else {
         eprintln!("error: give exactly one WAV file (see --help)");
         std::process::exit(2);
@@ -100,7 +91,7 @@ fn stream(
     }
     match &mut gate {
         // The gate's close commits in manual mode.
-        Some(g) => gate::finish(g)?,
+        Some(g) => gate::finish(g, conv)?,
         None if opts.manual && sent_ms > 0 => {
             conv.commit().map_err(|e| common::failure("commit", e))?
         }
@@ -113,7 +104,7 @@ fn stream(
 /// `--gate`: the speech gate in front of the conversation.
 #[cfg(feature = "gate")]
 mod gate {
-    use qwen_asr_realtime::gate::{GateConfig, GatedSender};
+    use qwen_asr_realtime::gate::GatedSender;
     use qwen_asr_realtime::Conversation;
 
     pub fn start(
@@ -124,13 +115,7 @@ mod gate {
             return Ok(None);
         }
         let session = crate::common::session_config(opts, conv.audio_sender().sample_rate());
-        let mut config = GateConfig::for_session(&session);
-        if let Some(ms) = opts.gate_preroll_ms {
-            config = config.pre_roll_ms(ms);
-        }
-        if let Some(ms) = opts.gate_hangover_ms {
-            config = config.hangover_ms(ms);
-        }
+        let config = crate::common::gate::config(opts, &session);
         GatedSender::new(conv.audio_sender(), config)
             .map(Some)
             .map_err(|e| crate::common::failure("gate", e))
@@ -141,17 +126,9 @@ mod gate {
             .map_err(|e| crate::common::failure("append", e))
     }
 
-    pub fn finish(g: &mut GatedSender) -> Result<(), String> {
+    pub fn finish(g: &mut GatedSender, conv: &Conversation) -> Result<(), String> {
         g.finish().map_err(|e| crate::common::failure("gate", e))?;
-        let c = g.counters();
-        eprintln!(
-            "gate: captured {} ms, sent {} ms ({:.1} %), held back {} ms, {} openings, 1 session",
-            c.captured_ms(),
-            c.forwarded_ms(),
-            100.0 * c.share_forwarded(),
-            c.gated_ms(),
-            c.openings,
-        );
+        crate::common::gate::summary(&g.counters(), &conv.stats());
         Ok(())
     }
 }
@@ -179,7 +156,7 @@ mod gate {
         match *g {}
     }
 
-    pub fn finish(g: &mut Never) -> Result<(), String> {
+    pub fn finish(g: &mut Never, _conv: &Conversation) -> Result<(), String> {
         match *g {}
     }
 }

@@ -3,6 +3,9 @@
 //! last events are shown before the process exits.
 #![allow(dead_code)] // each example uses its own subset
 
+#[cfg(feature = "gate")]
+pub mod gate;
+
 use std::io::{IsTerminal, Write};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -44,6 +47,17 @@ pub const COMMON_OPTIONS: &str = "  --url URL          service endpoint (default
   --dead-peer-ms N   nothing received for N ms means the link is dead: reconnect (default 20000)
   -h, --help         this help";
 
+/// The speech gate's options, for the examples that offer `--gate`.
+pub const GATE_OPTIONS: &str =
+    "  --gate             send only speech: an on-device speech gate (crate feature `gate`) holds
+                     the rest back; a summary goes to stderr at the end
+  --gate-preroll-ms N   audio kept and sent before each onset (default 500)
+  --gate-hangover-ms N  audio sent after speech ends (default 500; in VAD mode at least the
+                     session's silence window plus 300 ms, so that each utterance ends on time)
+  --gate-idle-ms N   after N ms of audio without speech end the session, and open a new one at
+                     the next onset (default 30000; 0 keeps the session open)
+";
+
 /// Parsed options.
 #[derive(Debug, Default)]
 pub struct Options {
@@ -64,10 +78,12 @@ pub struct Options {
     pub realtime: bool,
     pub reconnect: bool,
     pub max_backlog_ms: Option<u64>,
-    /// `--gate` and its settings (transcribe_file).
+    /// `--gate` and its settings (see [`GATE_OPTIONS`]).
     pub gate: bool,
     pub gate_preroll_ms: Option<u32>,
     pub gate_hangover_ms: Option<u32>,
+    /// `--gate-idle-ms`: `Some(0)` keeps the session open.
+    pub gate_idle_ms: Option<u32>,
     /// `--ping-ms`, `--dead-peer-ms`: the library's defaults when unset.
     pub ping_ms: Option<u64>,
     pub dead_peer_ms: Option<u64>,
@@ -119,12 +135,15 @@ fn try_parse(
             "--ping-ms",
             "--dead-peer-ms",
         ];
+        // The gate's settings belong to `--gate`, offered by the examples that list it.
+        let gate_valued = ["--gate-preroll-ms", "--gate-hangover-ms", "--gate-idle-ms"];
         let (name, inline) = match arg.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
             _ => (arg.clone(), None),
         };
-        let takes_value =
-            known_valued.contains(&name.as_str()) || extra_valued.contains(&name.as_str());
+        let takes_value = known_valued.contains(&name.as_str())
+            || extra_valued.contains(&name.as_str())
+            || (extra.contains(&"--gate") && gate_valued.contains(&name.as_str()));
         let value = if takes_value {
             match inline.or_else(|| args.next()) {
                 Some(v) => v,
@@ -210,14 +229,16 @@ fn try_parse(
             "--no-reconnect" => o.reconnect = false,
             "--realtime" if extra.contains(&"--realtime") => o.realtime = true,
             "--gate" if extra.contains(&"--gate") => o.gate = true,
-            "--gate-preroll-ms" | "--gate-hangover-ms" if extra_valued.contains(&name.as_str()) => {
+            "--gate-preroll-ms" | "--gate-hangover-ms" | "--gate-idle-ms"
+                if extra.contains(&"--gate") =>
+            {
                 let ms = value.parse().ok().ok_or(format!(
                     "{name} takes a whole number of milliseconds, not {value:?}"
                 ))?;
-                if name == "--gate-preroll-ms" {
-                    o.gate_preroll_ms = Some(ms);
-                } else {
-                    o.gate_hangover_ms = Some(ms);
+                match name.as_str() {
+                    "--gate-preroll-ms" => o.gate_preroll_ms = Some(ms),
+                    "--gate-hangover-ms" => o.gate_hangover_ms = Some(ms),
+                    _ => o.gate_idle_ms = Some(ms),
                 }
             }
             s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option {s}")),

@@ -102,6 +102,16 @@ impl AudioSender {
             .try_enqueue(Command::Notify(Event::client(kind)))
     }
 
+    /// Like [`commit`](Self::commit) but never waits: on [`TryAppendError::Full`] nothing
+    /// was queued. For the gate in front of a capture thread, which must not wait.
+    #[cfg(all(feature = "gate", feature = "alsa"))]
+    pub(crate) fn try_commit(&self) -> Result<(), TryAppendError> {
+        if !self.shared.is_manual() {
+            return Err(TryAppendError::Other(Error::CommitInVadMode));
+        }
+        self.shared.try_commit()
+    }
+
     /// The session's sample rate (16000 or 8000), as last configured.
     pub fn sample_rate(&self) -> u32 {
         self.shared.sample_rate()

@@ -341,6 +341,12 @@ impl Shared {
     #[cfg_attr(not(feature = "alsa"), allow(dead_code))]
     pub(crate) fn try_enqueue(&self, cmd: Command) -> Result<(), TryAppendError> {
         let _order = try_lock(&self.append_lock).ok_or(TryAppendError::Full)?;
+        self.try_queue(cmd)
+    }
+
+    /// Pushes a command if the queue has room, and wakes the I/O thread; the caller holds
+    /// `append_lock`.
+    fn try_queue(&self, cmd: Command) -> Result<(), TryAppendError> {
         self.guarded(|tx| {
             tx.try_send(cmd).map_err(|e| match e {
                 TrySendError::Full(_) => TryAppendError::Full,
@@ -359,6 +365,21 @@ impl Shared {
             return Err(Error::EmptyCommit);
         }
         self.enqueue_unordered(Command::Commit {
+            text: protocol::commit_json().0,
+        })?;
+        self.appended_since_commit.store(0, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Like [`commit`](Self::commit), without waiting for the append lock or for room in
+    /// the queue: `Full` if either is busy, and then nothing changed.
+    #[cfg(all(feature = "gate", feature = "alsa"))]
+    pub(crate) fn try_commit(&self) -> Result<(), TryAppendError> {
+        let _order = try_lock(&self.append_lock).ok_or(TryAppendError::Full)?;
+        if self.appended_since_commit.load(Ordering::SeqCst) == 0 {
+            return Err(TryAppendError::Other(Error::EmptyCommit));
+        }
+        self.try_queue(Command::Commit {
             text: protocol::commit_json().0,
         })?;
         self.appended_since_commit.store(0, Ordering::SeqCst);

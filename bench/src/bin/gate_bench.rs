@@ -16,8 +16,7 @@ const USAGE: &str = "\
 gate_bench: CPU and instructions per audio second of the speech gate
 
 usage:
-  cargo build --release --example gate_bench
-  target/release/examples/gate_bench [OPTIONS]
+  cargo run --release -p qwen-asr-bench --features gate --bin gate_bench -- [OPTIONS]
 
 Each scenario is built in memory, then gated in 100 ms chunks; the figure is the thread's
 CPU time (CLOCK_THREAD_CPUTIME_ID) over the best of --repeat runs, divided by the audio
