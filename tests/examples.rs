@@ -248,6 +248,48 @@ fn a_truncated_wav_is_streamed_with_a_warning() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `--format opus`: with the feature, the file goes up as Ogg Opus (the session says so) and
+/// is transcribed; without it, the option is refused in one line naming the feature, before
+/// anything connects.
+#[test]
+fn transcribe_file_format_opus_runs_with_the_feature_and_is_refused_without() {
+    let wav = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/audio/hello_16k.wav");
+    let mut cmd = example("transcribe_file");
+    cmd.args([
+        "--emulator",
+        "--json",
+        "--mode",
+        "manual",
+        "--format",
+        "opus",
+        "--opus-bitrate",
+        "16000",
+        wav,
+    ]);
+    let r = run(cmd);
+    let case = format!("stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    if cfg!(feature = "opus") {
+        assert!(r.status.success(), "exited {}: {case}", r.status);
+        assert!(
+            r.stdout.lines().any(|l| event_type(l) == "session.updated"
+                && l.contains(r#""input_audio_format":"opus""#)),
+            "{case}"
+        );
+        assert!(
+            r.stdout
+                .lines()
+                .any(|l| event_type(l) == "conversation.item.input_audio_transcription.completed"),
+            "{case}"
+        );
+        assert_eq!(event_type(last_line(&r.stdout)), "client.closed", "{case}");
+    } else {
+        assert_eq!(r.status.code(), Some(2), "{case}");
+        assert_eq!(r.stderr.trim_end().lines().count(), 1, "one line: {case}");
+        assert!(r.stderr.contains("feature `opus`"), "{case}");
+        assert!(r.stdout.is_empty(), "{case}");
+    }
+}
+
 #[cfg(all(feature = "gate", feature = "alsa"))]
 #[path = "gate_support/mod.rs"]
 mod gate_support;

@@ -27,6 +27,11 @@ pub const COMMON_OPTIONS: &str = "  --url URL          service endpoint (default
                      da, fil, fi, is, ms, no, pl, sv (default: detect automatically)
   --context TEXT     context text for biasing (names, vocabulary)
   --chunk-ms N       audio per append in ms, 20..=500 (default 100)
+  --format pcm|opus  what goes on the wire: 16-bit PCM (default), or Ogg Opus encoded on the
+                     device, about a tenth of the bytes (needs the crate feature `opus`:
+                     cargo run --features opus --example ...)
+  --opus-bitrate BPS the Opus encoder's target bitrate, 6000..=128000 bits per second
+                     (default 24000; with --format opus)
   --ca-cert PEM      also trust the CA certificate in this PEM file (repeatable), for a private
                      gateway or a TLS-inspecting proxy; the system's roots stay trusted
   --emulator         use the bundled local emulator instead of the service (no API key needed;
@@ -63,6 +68,9 @@ pub struct Options {
     pub language: Option<String>,
     pub context: Option<String>,
     pub chunk_ms: u32,
+    /// `--format opus`, and `--opus-bitrate`.
+    pub opus: bool,
+    pub opus_bitrate: Option<u32>,
     /// PEM files of extra root certificates (`--ca-cert`, repeatable).
     pub ca_certs: Vec<String>,
     pub emulator: bool,
@@ -120,6 +128,8 @@ fn try_parse(
             "--language",
             "--context",
             "--chunk-ms",
+            "--format",
+            "--opus-bitrate",
             "--ca-cert",
             "--max-backlog-ms",
             "--ping-ms",
@@ -164,6 +174,29 @@ fn try_parse(
                     .ok_or(format!(
                         "--chunk-ms takes a whole number from 20 to 500, not {value:?}"
                     ))?
+            }
+            "--format" => {
+                o.opus = match value.as_str() {
+                    "pcm" => false,
+                    "opus" if cfg!(feature = "opus") => true,
+                    "opus" => {
+                        return Err("--format opus needs the crate feature `opus` \
+                             (cargo run --features opus --example ...)"
+                            .into())
+                    }
+                    v => return Err(format!("--format takes pcm or opus, not {v:?}")),
+                }
+            }
+            "--opus-bitrate" => {
+                o.opus_bitrate = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|n| (6_000..=128_000).contains(n))
+                        .ok_or(format!(
+                        "--opus-bitrate takes bits per second from 6000 to 128000, not {value:?}"
+                    ))?,
+                )
             }
             "--ca-cert" => o.ca_certs.push(value),
             "--max-backlog-ms" => {
@@ -212,6 +245,9 @@ fn try_parse(
             _ => o.positional.push(arg),
         }
     }
+    if o.opus_bitrate.is_some() && !o.opus {
+        return Err("--opus-bitrate needs --format opus".into());
+    }
     Ok(Some(o))
 }
 
@@ -228,6 +264,15 @@ pub fn session_config(o: &Options, sample_rate: u32) -> SessionConfig {
     }
     if let Some(c) = &o.context {
         cfg = cfg.context(c.clone());
+    }
+    // Without the feature the parser has refused `--format opus` already.
+    #[cfg(feature = "opus")]
+    if o.opus {
+        let mut opus = qwen_asr_realtime::opus::OpusConfig::default();
+        if let Some(bps) = o.opus_bitrate {
+            opus = opus.bitrate_bps(bps);
+        }
+        cfg = cfg.opus(opus);
     }
     cfg
 }

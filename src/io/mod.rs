@@ -5,6 +5,7 @@
 pub(crate) mod arena;
 pub(crate) mod device_time;
 pub(crate) mod link;
+pub(crate) mod opus_uplink;
 pub(crate) mod outbox;
 pub(crate) mod replay;
 pub(crate) mod thread;

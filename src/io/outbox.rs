@@ -93,7 +93,15 @@ pub(crate) struct Shared {
     peer_close: Mutex<Option<(u16, String)>>,
     manual: AtomicBool,
     sample_rate: AtomicU32,
+    /// Appends carry PCM (a PCM session, or one the library encodes to Opus): sizes are
+    /// counted as PCM milliseconds.
     pcm: AtomicBool,
+    /// The library encodes the PCM appends to Opus on the I/O thread (see `opus_uplink`):
+    /// they always go through the queue, never straight to the socket.
+    encode: AtomicBool,
+    /// The encoder's settings while `encode` is set.
+    #[cfg(feature = "opus")]
+    opus: Mutex<Option<crate::opus::OpusConfig>>,
     /// Audio bytes appended since the last commit; only touched under `append_lock`, so a
     /// commit takes the count and resets it in one step.
     appended_since_commit: AtomicU64,
@@ -175,6 +183,9 @@ impl Shared {
             manual: AtomicBool::new(defaults.is_manual()),
             sample_rate: AtomicU32::new(defaults.sample_rate),
             pcm: AtomicBool::new(true),
+            encode: AtomicBool::new(false),
+            #[cfg(feature = "opus")]
+            opus: Mutex::new(None),
             appended_since_commit: AtomicU64::new(0),
             max_frame_bytes: params.max_frame_bytes,
             sheds_backlog: params.max_backlog.is_some(),
@@ -188,10 +199,27 @@ impl Shared {
         self.manual.store(config.is_manual(), Ordering::SeqCst);
         self.sample_rate
             .store(config.sample_rate, Ordering::Relaxed);
+        #[cfg(feature = "opus")]
+        {
+            *lock(&self.opus) = config.opus;
+        }
+        let encode = config.encodes_opus();
+        self.encode.store(encode, Ordering::SeqCst);
         self.pcm.store(
-            config.input_audio_format == AudioFormat::Pcm,
+            encode || config.input_audio_format == AudioFormat::Pcm,
             Ordering::Relaxed,
         );
+    }
+
+    /// True when the I/O thread encodes the PCM appends to Opus.
+    pub(crate) fn encodes(&self) -> bool {
+        self.encode.load(Ordering::SeqCst)
+    }
+
+    /// The encoder's settings, while the PCM appends are encoded.
+    #[cfg(feature = "opus")]
+    pub(crate) fn opus_config(&self) -> Option<crate::opus::OpusConfig> {
+        *lock(&self.opus)
     }
 
     pub(crate) fn is_manual(&self) -> bool {
@@ -245,8 +273,9 @@ impl Shared {
         }
     }
 
-    /// Milliseconds of PCM audio in `bytes` at the session's rate (0 for Opus, whose duration
-    /// cannot be known from its size).
+    /// Milliseconds of PCM audio in `bytes` at the session's rate (also when the library
+    /// encodes it to Opus; 0 for Opus passed through, whose duration cannot be known from its
+    /// size).
     pub(crate) fn bytes_to_ms(&self, bytes: u64) -> u64 {
         if !self.pcm.load(Ordering::Relaxed) {
             return 0;
@@ -434,7 +463,8 @@ impl Shared {
         let mut frames = pieces.map(|audio| (arena.frame(audio), audio.audio_bytes()));
         let queued = self.guarded(|tx| {
             let mut first = None;
-            if count == 1 {
+            // The encoder lives on the I/O thread: PCM to encode must reach it in order.
+            if count == 1 && !self.encodes() {
                 if let Some((text, audio_bytes)) = frames.next() {
                     match self.write_direct(text, audio_bytes, blocking) {
                         Ok(()) => return Ok(false),

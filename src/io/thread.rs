@@ -28,6 +28,7 @@ use tungstenite::{Bytes, Message, Utf8Bytes};
 use crate::config::{ApiKey, ConnectParams};
 use crate::error::Error;
 use crate::io::link::Link;
+use crate::io::opus_uplink::OpusUplink;
 use crate::io::outbox::{Command, Reply, Shared};
 use crate::io::replay::Replay;
 use crate::net::{self, Opened, Socket};
@@ -166,6 +167,8 @@ struct State {
     /// The backlog passed `behind_threshold`: the level of the next `client.link_behind`
     /// report, and the largest backlog seen meanwhile.
     behind: Option<(u64, u64)>,
+    /// The Opus encoder, for sessions whose PCM the library encodes.
+    uplink: OpusUplink,
     /// The speech gate's state as of the last `client.gate_*` passed on (`None`: no gate).
     gate_open: Option<bool>,
     /// The caller sent `session.finish`: the end is theirs, never an idle close.
@@ -245,6 +248,7 @@ impl IoThread {
             finish_sent: false,
             held_cmd: None,
             behind: None,
+            uplink: OpusUplink::new(),
             gate_open: None,
             caller_finished: false,
             idle_end: None,
@@ -479,8 +483,14 @@ impl IoThread {
             deadline: Instant::now() + self.params.timeouts.end_session,
             finished: false,
         });
-        if let Err(e) = link.write(Message::Text(text.into())) {
-            let (code, reason) = self.shared.peer_close().unwrap_or((1006, e.to_string()));
+        // An Opus session's stream ends with its end-of-stream page before the finish; the
+        // next session starts a stream of its own (`resume`).
+        let written = st.uplink.before_finish(link).and_then(|()| {
+            link.write(Message::Text(text.into()))
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = written {
+            let (code, reason) = self.shared.peer_close().unwrap_or((1006, e));
             return Err(lost(code, reason));
         }
         link.flush();
@@ -895,7 +905,7 @@ impl IoThread {
             };
             let written = match cmd {
                 Command::Frame { text, audio_bytes } => {
-                    match link.try_send(text, self.shared.frame_audio(audio_bytes)) {
+                    match st.uplink.send_frame(link, &self.shared, text, audio_bytes) {
                         Ok(()) => self.shared.dequeued(audio_bytes),
                         // Still full: the frame keeps its place at the head of the queue.
                         Err(text) => {
@@ -911,8 +921,12 @@ impl IoThread {
                     Ok(())
                 }
                 Command::Commit { text } => {
+                    // Recorded first: if the link fails from here on, the replay commits anew.
                     link.replay_mut().commit();
-                    link.write(Message::Text(text.into()))
+                    st.uplink.before_commit(link).and_then(|()| {
+                        link.write(Message::Text(text.into()))
+                            .map_err(|e| e.to_string())
+                    })
                 }
                 Command::Update {
                     text,
@@ -922,7 +936,7 @@ impl IoThread {
                     st.waiters.update = reply.map(|r| (event_id, r));
                     let text = Utf8Bytes::from(text);
                     st.last_update = Some(text.clone());
-                    link.write(Message::Text(text))
+                    link.write(Message::Text(text)).map_err(|e| e.to_string())
                 }
                 Command::Finish {
                     text,
@@ -933,7 +947,10 @@ impl IoThread {
                     st.finish_sent = true;
                     st.caller_finished = true;
                     link.replay_mut().finish();
-                    link.write(Message::Text(text.into()))
+                    st.uplink.before_finish(link).and_then(|()| {
+                        link.write(Message::Text(text.into()))
+                            .map_err(|e| e.to_string())
+                    })
                 }
                 Command::Notify(event) => {
                     note_gate(&event, st, link.replay_mut());
@@ -950,7 +967,7 @@ impl IoThread {
                 }
             };
             if let Err(e) = written {
-                let (code, reason) = self.shared.peer_close().unwrap_or((1006, e.to_string()));
+                let (code, reason) = self.shared.peer_close().unwrap_or((1006, e));
                 return Err(lost(code, reason));
             }
         }
@@ -1211,11 +1228,17 @@ impl IoThread {
             }
         }
         let (frames, replayed_ms) = link.replay_mut().start_session();
+        // A new session is a new Ogg stream; the replay's PCM is encoded into it afresh.
+        st.uplink.new_stream();
         for frame in frames {
-            let text = frame.unwrap_or_else(|| protocol::commit_json().0.into());
-            socket.write(Message::Text(text)).map_err(ws_error)?;
+            for text in st.uplink.replay_wire(&self.shared, frame)? {
+                socket.write(Message::Text(text)).map_err(ws_error)?;
+            }
         }
         if st.finish_sent {
+            for text in st.uplink.finish_wire()? {
+                socket.write(Message::Text(text)).map_err(ws_error)?;
+            }
             let (text, event_id) = protocol::finish_json();
             if let Some((id, _)) = &mut st.waiters.finish {
                 *id = event_id;
