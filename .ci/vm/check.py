@@ -750,6 +750,14 @@ def gate(sc):
     opened = sum(1 for t in types(events) if t == "client.gate_opened")
     sc.check(opened == len(sentences), f"the gate opened once per sentence ({opened})")
     sc.say(f"sessions: {[len(s['data']) // BYTES_PER_MS for s in sessions]} ms each")
+    # Each pause is longer than the idle timeout: it ends the session, and the next sentence
+    # opens one; the rollovers are events, not losses.
+    t = types(events)
+    idle_closed, reopened = t.count("client.session_idle_closed"), t.count("client.session_reopened")
+    sc.check(len(sessions) == len(sentences) and idle_closed == reopened == len(sentences) - 1,
+             f"a session per sentence: each pause closed one, each onset opened one "
+             f"({len(sessions)} sessions, {idle_closed} idle closes, {reopened} reopenings)")
+    sc.check(reported == 0, f"no audio reported lost across the rollovers ({reported} ms)")
 
 
 def opus_slow_link(sc):
