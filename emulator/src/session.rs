@@ -554,15 +554,19 @@ impl Session {
             rec.opus_data.extend_from_slice(ogg);
         }
         let rate = self.config.sample_rate;
-        let reader = self.opus.get_or_insert_with(|| {
-            crate::ogg_opus::OggOpusReader::new(rate).expect_input_rate(rate)
-        });
-        let result = reader.push(ogg);
-        let pcm = reader.take_pcm();
-        if !pcm.is_empty() {
-            let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let mut reader = self
+            .opus
+            .take()
+            .unwrap_or_else(|| crate::ogg_opus::OggOpusReader::new(rate).expect_input_rate(rate));
+        // Page by page: one append may hold many pages, and a page may decode to seconds of
+        // audio, so nothing holds more than one page's audio here.
+        let mut bytes = Vec::new();
+        let result = reader.push_each(ogg, |pcm| {
+            bytes.clear();
+            bytes.extend(pcm.iter().flat_map(|s| s.to_le_bytes()));
             self.accept_pcm(&bytes, rec, out);
-        }
+        });
+        self.opus = Some(reader);
         if let Err(e) = result {
             let reason = e.to_string();
             debug!("emulator {}: Ogg Opus stream refused: {reason}", self.id);

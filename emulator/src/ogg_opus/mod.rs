@@ -25,8 +25,10 @@
 //! trimmed to the final granule position at the end. The header's output gain is not applied
 //! (it is 0 in every stream a speech client writes).
 //!
-//! Memory is bounded: at most one incomplete page (under 64 KiB) waits between pushes, and the
-//! decoded audio stays until [`OggOpusReader::take_pcm`] takes it.
+//! Memory is bounded: at most one incomplete page (under 64 KiB) waits between pushes, and
+//! [`OggOpusReader::push_each`] hands out each page's audio as it is decoded (what a server
+//! does); [`OggOpusReader::push`] keeps it until [`OggOpusReader::take_pcm`] takes it (what a
+//! test does).
 
 use std::fmt;
 
@@ -331,10 +333,24 @@ impl OggOpusReader {
     /// page wait for the next push. After an error every push fails: the stream is refused.
     /// Audio decoded from the pages before the bad one is kept (see [`take_pcm`](Self::take_pcm)).
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), ReadError> {
+        let mut pcm = std::mem::take(&mut self.pcm);
+        let result = self.push_each(bytes, |page| pcm.extend_from_slice(page));
+        self.pcm = pcm;
+        result
+    }
+
+    /// Like [`push`](Self::push), but hands each page's decoded audio to `sink` as soon as
+    /// the page is read, instead of keeping it: memory then stays within one page's audio
+    /// however much one push holds (a page of 255 tiny packets can decode to 30 s of audio).
+    pub fn push_each(
+        &mut self,
+        bytes: &[u8],
+        mut sink: impl FnMut(&[i16]),
+    ) -> Result<(), ReadError> {
         if self.failed {
             return Err(ReadError::Header("the stream was refused earlier"));
         }
-        let result = self.push_inner(bytes);
+        let result = self.push_inner(bytes, &mut sink);
         if result.is_err() {
             self.failed = true;
             self.buf = Vec::new();
@@ -342,7 +358,7 @@ impl OggOpusReader {
         result
     }
 
-    fn push_inner(&mut self, bytes: &[u8]) -> Result<(), ReadError> {
+    fn push_inner(&mut self, bytes: &[u8], sink: &mut dyn FnMut(&[i16])) -> Result<(), ReadError> {
         // Whole pages are read straight from `bytes`; only a page split across pushes is
         // copied, into `buf`, until the rest of it arrives.
         let mut pending = std::mem::take(&mut self.buf);
@@ -355,6 +371,9 @@ impl OggOpusReader {
         let mut at = 0;
         while let Some(len) = page_len(&data[at..], self.consumed)? {
             self.read_page(&data[at..at + len])?;
+            if !self.page_pcm.is_empty() {
+                sink(&self.page_pcm);
+            }
             self.consumed += len as u64;
             at += len;
         }
@@ -377,12 +396,12 @@ impl OggOpusReader {
         Ok(())
     }
 
-    /// Takes the audio decoded since the last call (or since the start).
+    /// Takes the audio [`push`](Self::push) decoded since the last call (or since the start).
     pub fn take_pcm(&mut self) -> Vec<i16> {
         std::mem::take(&mut self.pcm)
     }
 
-    /// The audio decoded and not yet taken.
+    /// The audio [`push`](Self::push) decoded and not yet taken.
     pub fn pcm(&self) -> &[i16] {
         &self.pcm
     }
@@ -564,8 +583,6 @@ impl OggOpusReader {
             bytes: page.len(),
         });
         self.released_samples += self.page_pcm.len() as u64;
-        self.pcm.extend_from_slice(&self.page_pcm);
-        self.page_pcm.clear();
         Ok(())
     }
 

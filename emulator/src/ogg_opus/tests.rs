@@ -436,3 +436,41 @@ fn a_stream_without_end_is_unfinished_but_its_audio_counts() {
     reader.push(&pages.concat()[..100]).unwrap();
     assert!(matches!(reader.finish(), Err(ReadError::Unfinished(_))));
 }
+
+#[test]
+fn push_each_hands_out_one_page_at_a_time_and_keeps_nothing() {
+    let pages = stream(&signal(16_000, 900), 16_000, 21);
+    let whole = read_all(&pages).unwrap();
+    let mut reader = OggOpusReader::new(16_000);
+    let mut calls = Vec::new();
+    reader
+        .push_each(&pages.concat(), |pcm| calls.push(pcm.to_vec()))
+        .expect("reads");
+    reader.finish().expect("ends");
+    assert_eq!(calls.len(), pages.len() - 2, "one call per audio page");
+    assert_eq!(calls.concat(), whole);
+    assert!(reader.pcm().is_empty(), "push_each keeps nothing");
+
+    // Many pages of 255 one-byte packets (each a 60 ms frame with no data: libopus conceals
+    // it) in one push: each page's audio comes out on its own, never all of them at once.
+    let frame_60ms: &[u8] = &[0x18];
+    let mut bomb = pages[..2].concat();
+    for seq in 0..40u32 {
+        let packets = vec![frame_60ms; 255];
+        let granule = u64::from(seq + 1) * 255 * 2_880;
+        bomb.extend_from_slice(&page(0, granule, 21, seq + 2, &packets));
+    }
+    let mut reader = OggOpusReader::new(16_000);
+    let (mut largest, mut total) = (0usize, 0usize);
+    reader
+        .push_each(&bomb, |pcm| {
+            largest = largest.max(pcm.len());
+            total += pcm.len();
+        })
+        .expect("valid, if silly, pages");
+    assert!(largest <= 255 * 960, "one page's audio at most: {largest}");
+    assert!(
+        total > 30 * largest,
+        "{total} samples in {largest}-sample pieces"
+    );
+}
