@@ -51,8 +51,8 @@ fn enter_pressed(timeout: Duration) -> bool {
 }
 
 fn main() {
-    let usage = format!("{USAGE}{}", common::COMMON_OPTIONS);
-    let opts = common::parse_args(&usage, &[], &["--device", "--seconds"]);
+    let usage = format!("{USAGE}{}{}", common::GATE_OPTIONS, common::COMMON_OPTIONS);
+    let opts = common::parse_args(&usage, &["--gate"], &["--device", "--seconds"]);
     if !opts.positional.is_empty() {
         eprintln!(
             "error: unexpected argument {:?} (see --help)",
@@ -82,9 +82,7 @@ fn capture(conv: &Conversation, opts: &common::Options) -> Result<(), String> {
     if let Some(s) = opts.seconds {
         capture_config = capture_config.limit_ms((s * 1000.0) as u64);
     }
-    let mut mic = conv
-        .stream_from_microphone(capture_config)
-        .map_err(|e| common::failure("microphone", e))?;
+    let (mut mic, gate) = gate::start(conv, opts, capture_config)?;
     eprintln!("capturing from {}", mic.negotiated());
     if opts.manual {
         eprintln!("manual mode: press Enter to commit what was said");
@@ -109,12 +107,88 @@ fn capture(conv: &Conversation, opts: &common::Options) -> Result<(), String> {
     if let Err(e) = mic.stop() {
         eprintln!("capture ended with an error: {e}");
     }
-    if opts.manual {
+    if let Some(g) = &gate {
+        // An open gate closes (with a commit in manual mode): the last utterance goes out.
+        gate::finish(g)?;
+    } else if opts.manual {
         match conv.commit() {
             Ok(()) | Err(Error::EmptyCommit) => {}
             Err(e) => eprintln!("commit: {e}"),
         }
     }
-    conv.end_session(common::END_SESSION_TIMEOUT)
-        .map_err(|e| common::failure("end of session", e))
+    let ended = conv
+        .end_session(common::END_SESSION_TIMEOUT)
+        .map_err(|e| common::failure("end of session", e));
+    if let Some(g) = &gate {
+        gate::summary(g);
+    }
+    ended
+}
+
+/// `--gate`: the speech gate between the capture thread and the conversation.
+#[cfg(feature = "gate")]
+mod gate {
+    use qwen_asr_realtime::gate::{GateControl, GatedSink};
+    use qwen_asr_realtime::{Capture, CaptureConfig, Conversation};
+
+    /// Starts the capture, through the gate if `--gate` asks for it.
+    pub fn start(
+        conv: &Conversation,
+        opts: &crate::common::Options,
+        capture: CaptureConfig,
+    ) -> Result<(Capture, Option<GateControl>), String> {
+        let mic = |e| crate::common::failure("microphone", e);
+        if !opts.gate {
+            return Ok((conv.stream_from_microphone(capture).map_err(mic)?, None));
+        }
+        let session = crate::common::session_config(opts, conv.audio_sender().sample_rate());
+        let config = crate::common::gate::config(opts, &session);
+        let (sink, control) = GatedSink::new(conv.audio_sender(), config)
+            .map_err(|e| crate::common::failure("gate", e))?;
+        let capture = capture.sample_rate(control.sample_rate());
+        let mic = Capture::start(capture, sink).map_err(mic)?;
+        eprintln!("speech gate on: only speech is sent");
+        Ok((mic, Some(control)))
+    }
+
+    pub fn finish(g: &GateControl) -> Result<(), String> {
+        g.finish().map_err(|e| crate::common::failure("gate", e))
+    }
+
+    /// The gate's summary on stderr, once the session has ended.
+    pub fn summary(g: &GateControl) {
+        crate::common::gate::summary(&g.accounting());
+    }
+}
+
+/// Without the feature `--gate` is refused, and nothing else changes.
+#[cfg(not(feature = "gate"))]
+mod gate {
+    use qwen_asr_realtime::{Capture, CaptureConfig, Conversation};
+
+    pub enum Never {}
+
+    pub fn start(
+        conv: &Conversation,
+        opts: &crate::common::Options,
+        capture: CaptureConfig,
+    ) -> Result<(Capture, Option<Never>), String> {
+        if opts.gate {
+            return Err(
+                "--gate needs the crate feature `gate` (cargo run --features gate ...)".into(),
+            );
+        }
+        let mic = conv
+            .stream_from_microphone(capture)
+            .map_err(|e| crate::common::failure("microphone", e))?;
+        Ok((mic, None))
+    }
+
+    pub fn finish(g: &Never) -> Result<(), String> {
+        match *g {}
+    }
+
+    pub fn summary(g: &Never) {
+        match *g {}
+    }
 }

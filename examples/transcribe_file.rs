@@ -19,20 +19,11 @@ FILE.wav must be 16-bit PCM mono at 16000 or 8000 Hz (convert others with
 
 options:
   --realtime         pace the audio at real time (default: as fast as the socket takes it)
-  --gate             send only speech: an on-device speech gate (feature `gate`) holds the
-                     rest back; a summary goes to stderr at the end
-  --gate-preroll-ms N   audio kept and sent before each onset (default 500)
-  --gate-hangover-ms N  audio sent after speech ends (default 500; in VAD mode at least the
-                     session's silence window plus 300 ms, so that each utterance ends on time)
 ";
 
 fn main() {
-    let usage = format!("{USAGE}{}", common::COMMON_OPTIONS);
-    let opts = common::parse_args(
-        &usage,
-        &["--realtime", "--gate"],
-        &["--gate-preroll-ms", "--gate-hangover-ms"],
-    );
+    let usage = format!("{USAGE}{}{}", common::GATE_OPTIONS, common::COMMON_OPTIONS);
+    let opts = common::parse_args(&usage, &["--realtime", "--gate"], &[]);
     let [path] = opts.positional.as_slice() else {
         eprintln!("error: give exactly one WAV file (see --help)");
         std::process::exit(2);
@@ -106,14 +97,19 @@ fn stream(
         }
         None => {}
     }
-    conv.end_session(common::END_SESSION_TIMEOUT)
-        .map_err(|e| common::failure("end of session", e))
+    let ended = conv
+        .end_session(common::END_SESSION_TIMEOUT)
+        .map_err(|e| common::failure("end of session", e));
+    if let Some(g) = &gate {
+        gate::summary(g);
+    }
+    ended
 }
 
 /// `--gate`: the speech gate in front of the conversation.
 #[cfg(feature = "gate")]
 mod gate {
-    use qwen_asr_realtime::gate::{GateConfig, GatedSender};
+    use qwen_asr_realtime::gate::GatedSender;
     use qwen_asr_realtime::Conversation;
 
     pub fn start(
@@ -124,13 +120,7 @@ mod gate {
             return Ok(None);
         }
         let session = crate::common::session_config(opts, conv.audio_sender().sample_rate());
-        let mut config = GateConfig::for_session(&session);
-        if let Some(ms) = opts.gate_preroll_ms {
-            config = config.pre_roll_ms(ms);
-        }
-        if let Some(ms) = opts.gate_hangover_ms {
-            config = config.hangover_ms(ms);
-        }
+        let config = crate::common::gate::config(opts, &session);
         GatedSender::new(conv.audio_sender(), config)
             .map(Some)
             .map_err(|e| crate::common::failure("gate", e))
@@ -142,17 +132,12 @@ mod gate {
     }
 
     pub fn finish(g: &mut GatedSender) -> Result<(), String> {
-        g.finish().map_err(|e| crate::common::failure("gate", e))?;
-        let c = g.counters();
-        eprintln!(
-            "gate: captured {} ms, sent {} ms ({:.1} %), held back {} ms, {} openings, 1 session",
-            c.captured_ms(),
-            c.forwarded_ms(),
-            100.0 * c.share_forwarded(),
-            c.gated_ms(),
-            c.openings,
-        );
-        Ok(())
+        g.finish().map_err(|e| crate::common::failure("gate", e))
+    }
+
+    /// The gate's summary on stderr, once the session has ended.
+    pub fn summary(g: &GatedSender) {
+        crate::common::gate::summary(&g.accounting());
     }
 }
 
@@ -180,6 +165,10 @@ mod gate {
     }
 
     pub fn finish(g: &mut Never) -> Result<(), String> {
+        match *g {}
+    }
+
+    pub fn summary(g: &Never) {
         match *g {}
     }
 }

@@ -653,8 +653,9 @@ impl ConnectParams {
 }
 
 /// The audio format announced in `session.update`. PCM is 16-bit signed little-endian mono;
-/// Opus is passed through as given: the service documents `opus` but not its framing (see the
-/// `opus` module, feature `opus`, for the Ogg Opus stream this crate can write).
+/// Opus is passed through as given (the service documents `opus` but not its framing), unless
+/// the library encodes it: `SessionConfig::opus`, feature `opus`, writes one Ogg Opus stream
+/// per session from the PCM appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AudioFormat {
     /// 16-bit signed little-endian mono PCM.
@@ -712,6 +713,15 @@ pub struct SessionConfig {
     /// Context text for biasing (`input_audio_transcription.corpus.text`): names, vocabulary,
     /// background. The service takes up to 10,000 tokens.
     pub context: Option<String>,
+    /// `Some`: the library encodes the PCM given to `append_pcm`, `try_append_pcm` and
+    /// capture into one Ogg Opus stream per session (headers first, one whole page per
+    /// append; a new stream after every reconnect) with these settings, and
+    /// `input_audio_format` must be [`AudioFormat::Opus`] ([`opus`](Self::opus) sets both).
+    /// `None` (the default): PCM is sent as it is, and an Opus session passes the caller's
+    /// bytes through untouched.
+    #[cfg(feature = "opus")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opus")))]
+    pub opus: Option<crate::opus::OpusConfig>,
 }
 
 impl Default for SessionConfig {
@@ -722,6 +732,8 @@ impl Default for SessionConfig {
             sample_rate: 16_000,
             input_audio_format: AudioFormat::Pcm,
             context: None,
+            #[cfg(feature = "opus")]
+            opus: None,
         }
     }
 }
@@ -778,6 +790,32 @@ impl SessionConfig {
         self
     }
 
+    /// Encodes the uplink as Ogg Opus with these settings: sets [`opus`](Self::opus) and
+    /// `input_audio_format` = [`AudioFormat::Opus`]. PCM appends are encoded on the
+    /// conversation's I/O thread; the accounting ([`Stats`](crate::Stats),
+    /// `client.audio_dropped`) still counts the PCM's milliseconds. Pre-encoded bytes
+    /// (`append_bytes`, `append_base64`) are refused in such a session: spliced into the
+    /// stream this library writes they would break it.
+    #[cfg(feature = "opus")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opus")))]
+    pub fn opus(mut self, config: crate::opus::OpusConfig) -> Self {
+        self.opus = Some(config);
+        self.input_audio_format = AudioFormat::Opus;
+        self
+    }
+
+    /// True when appends of PCM are encoded to Opus by the library (feature `opus`).
+    pub fn encodes_opus(&self) -> bool {
+        #[cfg(feature = "opus")]
+        {
+            self.opus.is_some()
+        }
+        #[cfg(not(feature = "opus"))]
+        {
+            false
+        }
+    }
+
     /// True in manual mode.
     pub fn is_manual(&self) -> bool {
         self.turn_detection.is_none()
@@ -808,6 +846,25 @@ impl SessionConfig {
                     self.sample_rate
                 ),
             });
+        }
+        #[cfg(feature = "opus")]
+        if let Some(opus) = &self.opus {
+            if self.input_audio_format != AudioFormat::Opus {
+                return Err(Error::InvalidConfig {
+                    field: "input_audio_format",
+                    message: "must be opus when the library encodes Opus (opus is set)".into(),
+                });
+            }
+            if let Err(e) = opus.validate() {
+                let field = match &e {
+                    crate::opus::OpusError::InvalidConfig { field, .. } => field,
+                    _ => "opus",
+                };
+                return Err(Error::InvalidConfig {
+                    field,
+                    message: e.to_string(),
+                });
+            }
         }
         if let Some(lang) = &self.language {
             if !LANGUAGES.contains(&lang.as_str()) {

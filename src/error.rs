@@ -144,6 +144,11 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// The Opus encoder of the uplink failed (feature `opus`); its error is the
+    /// [`source`](std::error::Error::source). A new connection starts a new encoder.
+    #[cfg(feature = "opus")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opus")))]
+    Opus(crate::opus::OpusError),
 }
 
 impl fmt::Display for Error {
@@ -227,6 +232,8 @@ impl fmt::Display for Error {
             Error::Capture { device, call, message } => {
                 write!(f, "ALSA {call} on device {device:?} failed: {message}")
             }
+            #[cfg(feature = "opus")]
+            Error::Opus(e) => write!(f, "Opus encoding failed: {e}"),
         }
     }
 }
@@ -236,6 +243,8 @@ impl std::error::Error for Error {
         match self {
             Error::Io { source, .. } => Some(source),
             Error::Tls(c) | Error::Handshake(c) => c.source(),
+            #[cfg(feature = "opus")]
+            Error::Opus(e) => Some(e),
             _ => None,
         }
     }
@@ -287,6 +296,8 @@ impl Error {
             | Error::Server(_)
             | Error::UnexpectedEvent { .. }
             | Error::Internal(_) => true,
+            #[cfg(feature = "opus")]
+            Error::Opus(_) => true,
             Error::Closed { code, .. } => code.is_some(),
             _ => false,
         }

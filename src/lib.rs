@@ -36,6 +36,8 @@
 //! send buffer ([`ConnectParams::send_buffer_bytes`]): a blocking append waits while the link
 //! is backed up, a `try_` append returns [`TryAppendError::Full`], and with
 //! [`ConnectParams::max_backlog`] the oldest queued audio is dropped, reported, instead.
+//! In a session that the library encodes to Opus (`SessionConfig::opus`, feature `opus`) every
+//! frame is queued: the I/O thread owns the encoder, and sends the Ogg pages it completes.
 //!
 //! # Guarantees
 //! - **Order**: events arrive in the order the server sent them, on one stream with one
@@ -87,6 +89,9 @@ mod sys;
 #[doc(hidden)]
 pub mod __fuzz {
     pub use crate::io::replay::{Accounting, FrameAudio, Replay};
+    /// A strict Ogg Opus reader and decoder, to check what the client sent.
+    #[cfg(feature = "opus")]
+    pub use crate::opus::ogg_read;
 
     /// An `input_audio_buffer.append` frame for `pcm`, as this library writes it.
     pub fn write_append_json(out: &mut String, pcm: &[u8]) {

@@ -247,3 +247,149 @@ fn a_truncated_wav_is_streamed_with_a_warning() {
     assert_eq!(event_type(last_line(&r.stdout)), "client.closed", "{case}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--format opus`: with the feature, the file goes up as Ogg Opus (the session says so) and
+/// is transcribed; without it, the option is refused in one line naming the feature, before
+/// anything connects.
+#[test]
+fn transcribe_file_format_opus_runs_with_the_feature_and_is_refused_without() {
+    let wav = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/audio/hello_16k.wav");
+    let mut cmd = example("transcribe_file");
+    cmd.args([
+        "--emulator",
+        "--json",
+        "--mode",
+        "manual",
+        "--format",
+        "opus",
+        "--opus-bitrate",
+        "16000",
+        wav,
+    ]);
+    let r = run(cmd);
+    let case = format!("stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    if cfg!(feature = "opus") {
+        assert!(r.status.success(), "exited {}: {case}", r.status);
+        assert!(
+            r.stdout.lines().any(|l| event_type(l) == "session.updated"
+                && l.contains(r#""input_audio_format":"opus""#)),
+            "{case}"
+        );
+        assert!(
+            r.stdout
+                .lines()
+                .any(|l| event_type(l) == "conversation.item.input_audio_transcription.completed"),
+            "{case}"
+        );
+        assert_eq!(event_type(last_line(&r.stdout)), "client.closed", "{case}");
+    } else {
+        assert_eq!(r.status.code(), Some(2), "{case}");
+        assert_eq!(r.stderr.trim_end().lines().count(), 1, "one line: {case}");
+        assert!(r.stderr.contains("feature `opus`"), "{case}");
+        assert!(r.stdout.is_empty(), "{case}");
+    }
+}
+
+#[cfg(all(feature = "gate", feature = "alsa"))]
+#[path = "gate_support/mod.rs"]
+mod gate_support;
+
+/// `mic --gate` captures through ALSA (a file-backed device) and puts the speech gate
+/// between the capture thread and the conversation. The gate runs on the audio timeline, so
+/// it must send exactly what `transcribe_file --gate` sends from the same audio: the same
+/// utterances, with the same samples (the emulator's transcripts name their length and
+/// CRC-32), and with `--json` the gate's openings and closings in the stream.
+#[cfg(all(feature = "gate", feature = "alsa"))]
+#[test]
+fn mic_with_the_gate_sends_what_transcribe_file_with_the_gate_sends() {
+    use gate_support::{scene, Noise};
+    let dir = scratch("mic-gate");
+    let s = scene(Noise::Room, 14.0, &[2.0, 8.0], None, 7);
+    let data = le_bytes(&s.pcm);
+    let wav_path = dir.join("scene.wav");
+    let mut file = wav::header(16000, 1, data.len() as u32).to_vec();
+    file.extend_from_slice(&data);
+    std::fs::write(&wav_path, file).unwrap();
+    let raw = dir.join("scene.raw");
+    std::fs::write(&raw, &data).unwrap();
+    std::fs::create_dir_all(dir.join("xdg/alsa")).unwrap();
+    std::fs::write(
+        dir.join("xdg/alsa/asoundrc"),
+        format!(
+            "pcm.scene {{ type file slave.pcm \"null\" file \"/dev/null\" infile \"{}\" format \"raw\" }}\n",
+            raw.display()
+        ),
+    )
+    .unwrap();
+    let seconds = format!("{:.3}", s.pcm.len() as f64 / 16000.0);
+
+    let mut file_cmd = example("transcribe_file");
+    file_cmd.args(["--emulator", "--gate"]).arg(&wav_path);
+    let from_file = run(file_cmd);
+    let mut mic_cmd = example("mic");
+    mic_cmd
+        .args([
+            "--emulator",
+            "--gate",
+            "--device",
+            "scene",
+            "--seconds",
+            &seconds,
+        ])
+        .env("XDG_CONFIG_HOME", dir.join("xdg"));
+    let from_mic = run(mic_cmd);
+    let case = format!(
+        "file:\n{}{}\nmic:\n{}{}",
+        from_file.stdout, from_file.stderr, from_mic.stdout, from_mic.stderr
+    );
+    assert!(
+        from_file.status.success() && from_mic.status.success(),
+        "{case}"
+    );
+    assert_eq!(
+        from_file.stdout.lines().count(),
+        2,
+        "two utterances: {case}"
+    );
+    assert_eq!(from_file.stdout, from_mic.stdout, "{case}");
+    // The summary: less than the whole was sent, and nothing was dropped.
+    let summary = from_mic
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("gate: "))
+        .unwrap_or_else(|| panic!("no gate summary: {case}"));
+    let share: f64 = summary
+        .split(" ms (")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no share in {summary:?}"));
+    assert!(share > 10.0 && share < 80.0, "{summary}");
+    assert!(summary.contains("dropped 0 ms"), "{summary}");
+
+    let mut json_cmd = example("mic");
+    json_cmd
+        .args(["--emulator", "--gate", "--json", "--device", "scene"])
+        .args(["--seconds", &seconds])
+        .env("XDG_CONFIG_HOME", dir.join("xdg"));
+    let json = run(json_cmd);
+    let types: Vec<String> = json.stdout.lines().map(event_type).collect();
+    let gate_events: Vec<&str> = types
+        .iter()
+        .map(String::as_str)
+        .filter(|t| t.starts_with("client.gate_"))
+        .collect();
+    assert_eq!(
+        gate_events,
+        [
+            "client.gate_opened",
+            "client.gate_closed",
+            "client.gate_opened",
+            "client.gate_closed"
+        ],
+        "{}",
+        json.stdout
+    );
+    assert_eq!(types.last().map(String::as_str), Some("client.closed"));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -208,3 +208,116 @@ fn a_gated_sender_sends_only_speech_and_reports_the_gate_in_the_event_stream() {
         assert_eq!(conv.stats().appended_ms, c.forwarded_ms());
     }
 }
+
+/// `GatedSink` is what `mic --gate` puts between the capture thread and the conversation. A
+/// capture thread must never wait, and the gate cannot take back a chunk it has looked at:
+/// so while the link is backed up (here the server stops reading for a while, twice) the sink
+/// refuses new chunks until everything the gate decided before them is out, and a refused
+/// chunk is offered again, as the capture thread does. Nothing is lost or reordered on the
+/// way: the session gets exactly the gate's forwarded audio, each speech region's own samples
+/// whole, and the gate's events in order.
+#[cfg(feature = "alsa")]
+#[test]
+fn a_gated_sink_refuses_chunks_while_backed_up_and_loses_nothing() {
+    use std::time::Duration;
+
+    use qwen_asr_emulator::{Fault, FaultAction};
+    use qwen_asr_realtime::capture::AudioSink;
+    use qwen_asr_realtime::gate::GatedSink;
+    use qwen_asr_realtime::TryAppendError;
+
+    let session = SessionConfig::vad();
+    let s = scene(Noise::Room, 30.0, &[2.0, 9.0, 17.0], None, 8);
+    let pause = |n| Fault::AfterAppends {
+        n,
+        action: FaultAction::PauseReading(Duration::from_millis(700)),
+    };
+    let emu = start_emulator(EmulatorConfig {
+        record_audio: true,
+        faults: vec![pause(2), pause(12)],
+        fault_sessions: Some(1),
+        ..EmulatorConfig::default()
+    });
+    let params = params_for(&emu)
+        .send_queue_frames(2)
+        .send_buffer_bytes(Some(4096));
+    let conv = Conversation::start(params, &session).unwrap();
+    let (sink, control) =
+        GatedSink::new(conv.audio_sender(), GateConfig::for_session(&session)).unwrap();
+    let mut refused = 0u32;
+    let deadline = Instant::now() + WAIT;
+    for chunk in s.pcm.chunks(320) {
+        loop {
+            match sink.try_append(chunk) {
+                Ok(()) => break,
+                Err(TryAppendError::Full) => {
+                    refused += 1;
+                    assert!(Instant::now() < deadline, "the sink never took the chunk");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(TryAppendError::Other(e)) => panic!("{e}"),
+            }
+        }
+    }
+    control.finish().unwrap();
+    assert!(
+        refused > 0,
+        "the link never backed up: the test proves nothing"
+    );
+    // Every event, until the three transcripts are in (bounded), then the rest after the end.
+    let mut events = Vec::new();
+    while events
+        .iter()
+        .filter(|k| matches!(k, EventKind::Completed(_)))
+        .count()
+        < 3
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match conv.recv_timeout(left) {
+            Ok(e) => events.push(e.kind),
+            Err(e) => panic!("an utterance was left open: {e:?}"),
+        }
+    }
+    conv.end_session(WAIT).unwrap();
+    while let Ok(e) = conv.try_recv() {
+        events.push(e.kind);
+    }
+    let c = control.counters();
+    assert_eq!(c.captured_samples, s.pcm.len() as u64);
+    assert_eq!(
+        c.captured_samples,
+        c.forwarded_samples + c.gated_samples + c.held_samples
+    );
+    let sessions = emu.sessions();
+    let rec = &sessions[0];
+    assert_eq!(
+        rec.audio.bytes,
+        c.forwarded_samples * 2,
+        "what the gate sent"
+    );
+    // Each region's own samples arrived whole and in order.
+    let received: Vec<i16> = rec
+        .audio_data
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let mut from = 0;
+    for r in &s.regions {
+        let region = &s.pcm[r.clone()];
+        let at = received[from..]
+            .windows(region.len())
+            .position(|w| w == region)
+            .unwrap_or_else(|| panic!("region {r:?} did not arrive whole"));
+        from += at + region.len();
+    }
+    let mut gate_events = String::new();
+    for kind in events {
+        match kind {
+            EventKind::GateOpened { .. } => gate_events.push('o'),
+            EventKind::GateClosed { .. } => gate_events.push('c'),
+            EventKind::AudioDropped { ms, .. } => panic!("{ms} ms dropped"),
+            _ => {}
+        }
+    }
+    assert_eq!(gate_events, "ocococ");
+}

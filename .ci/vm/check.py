@@ -694,12 +694,62 @@ def skipped(sc):
     sc.say(f"SKIPPED: {why}")
 
 
+def gate_summary(sc):
+    """The figures of the gate's summary line on stderr: captured, sent, share, dropped."""
+    line = next((l for l in sc.read("client.log").splitlines() if l.startswith("gate: ")), "")
+    sc.say(line or "(no gate summary on stderr)")
+    words = line.replace(",", " ").replace("(", " ").split()
+    try:
+        captured = int(words[words.index("captured") + 1])
+        sent = int(words[words.index("sent") + 1])
+        dropped = int(words[words.index("dropped") + 1])
+    except (ValueError, IndexError):
+        raise Fail(f"the gate's summary cannot be read: {line!r}")
+    return captured, sent, dropped
+
+
 def gate(sc):
     events = sc.events()
     check_ending(sc, events)
-    sentences = manifest(os.path.join(sc.audio, "speech3.txt"))
+    sessions = sc.sessions()
+    src = wav_pcm(os.path.join(sc.audio, "gated.wav"))
+    sentences = manifest(os.path.join(sc.audio, "gated.txt"))
+    captured, sent, dropped = gate_summary(sc)
+    share = 100.0 * sent / captured if captured else 100.0
+    sc.say(f"{len(sessions)} session(s); sent {sent} of {captured} ms captured ({share:.1f} %)")
+    sc.check(share <= 60.0, f"the gate held the pauses back (sent {share:.1f} % <= 60 %)")
+    recv_ms = sum(len(s["data"]) for s in sessions) // BYTES_PER_MS
+    # Each session's last partial millisecond is rounded down on each side.
+    sc.check(abs(recv_ms - sent) <= len(sessions) + 1,
+             f"the server got what the gate sent ({recv_ms} ms received, {sent} ms sent)")
+    overruns = overruns_played(sc, events, "play")
+    reported = dropped_ms(events)
+    sc.check(dropped == reported, f"the summary's drops are the reported ones ({dropped}, {reported} ms)")
+    # The gated audio has the pauses cut out: each sentence is searched in order, from where
+    # the one before it ended, within the pre-roll and hangover around it.
+    # Where the capture's lag is not a whole 10 ms frame, a word gap's one-frame dip falls
+    # half in one frame and half in the next, so each match is refined to the sample and
+    # the envelopes compared there.
+    recv = b"".join(s["data"] for s in sessions)
+    src_env, recv_env = envelope(src), envelope(recv)
+    at, whole = 0, 0
+    for a, b, text in sentences:
+        f0, f1 = a // FRAME, b // FRAME
+        pos, c = find_sentence(src_env, recv_env, f0, f1, at, at + 600)
+        if pos is None:
+            sc.say(f"\"{text[:40]}\": not found")
+            continue
+        off = best_sample_offset(src[2 * a : 2 * b], recv, pos * FRAME + a % FRAME)
+        c = correlation(envelope(src[2 * a : 2 * b]), envelope(recv[2 * off : 2 * off + 2 * (b - a)]))
+        sc.say(f"\"{text[:40]}\": envelope correlation {c:.3f} at {off / RATE * 1000:.0f} ms "
+               f"of the sent audio")
+        whole += c >= MATCHED
+        at = pos + (f1 - f0)
     n = len(completed(events))
-    sc.check(n == len(sentences), f"every sentence played was transcribed through the gate ({n} for {len(sentences)})")
+    sc.check(n == len(sentences), f"one transcript per sentence ({n} for {len(sentences)})")
+    opened = sum(1 for t in types(events) if t == "client.gate_opened")
+    sc.check(opened == len(sentences), f"the gate opened once per sentence ({opened})")
+    sc.say(f"sessions: {[len(s['data']) // BYTES_PER_MS for s in sessions]} ms each")
 
 
 def opus_slow_link(sc):

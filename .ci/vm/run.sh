@@ -31,8 +31,8 @@ fi
 target=$(pwd -P)/${CARGO_TARGET_DIR:-target}
 CARGO_TARGET_DIR=$target/vm-build CARGO_PROFILE_RELEASE_LTO=false \
     CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=2 \
-    cargo build --locked -q --release --example mic --example transcribe_file --bin qwen-asr-emulator \
-    -p qwen-asr-realtime -p qwen-asr-emulator
+    cargo build --locked -q --release --features gate --example mic --example transcribe_file \
+    --bin qwen-asr-emulator -p qwen-asr-realtime -p qwen-asr-emulator
 bin=$target/vm-build/release/examples
 # The emulator is a binary of its own crate; the scenarios find it beside the examples.
 ln -sf ../qwen-asr-emulator "$bin/emulator"
@@ -51,6 +51,9 @@ a=$out/audio
 .ci/vm/audio.sh "$a/long" 4 11 0.3,0.3,0.3,1.5
 .ci/vm/audio.sh "$a/speech6" 5 6
 .ci/vm/audio.sh "$a/speech6m" 5 6 1.5 4
+# For the speech gate: four sentences 6 s apart, longer than the idle timeout the scenario
+# sets, so that each pause ends a session and the next sentence opens one.
+.ci/vm/audio.sh "$a/gated" 11 4 6 4 3
 echo "audio made (t=$((SECONDS - started)) s)"
 
 status=0

@@ -217,18 +217,15 @@ slow_link_mic() {
 }
 
 gate() {
-    if ! "$bin/mic" --help 2>/dev/null | grep -q -- '--gate'; then
-        echo "mic has no --gate yet" > "$dir/skipped"
-        return 0
-    fi
-    # Hook for the speech gate: play sentences with long silences, mic --gate in real time;
-    # check.py then expects every sentence transcribed and the sent share reported.
+    # Sentences with long pauses, mic --gate in real time: the gate holds the pauses back, and
+    # with an idle timeout shorter than the pauses each one ends its session and the next
+    # onset opens a new one; check.py expects every sentence transcribed, whole, once.
     mark play
-    player "$audio/speech3_48k2.wav" &
+    player "$audio/gated_48k2.wav" &
     local play=$!
     sleep 0.3
-    mic_start --gate --seconds "$(duration_s "$audio/speech3.wav")"
-    wait_bounded "$play" 300
+    mic_start --gate --gate-idle-ms 4000 --seconds "$(duration_s "$audio/gated.wav")"
+    wait_bounded "$play" 600
     client_wait 300
 }
 

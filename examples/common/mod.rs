@@ -3,6 +3,9 @@
 //! last events are shown before the process exits.
 #![allow(dead_code)] // each example uses its own subset
 
+#[cfg(feature = "gate")]
+pub mod gate;
+
 use std::io::{IsTerminal, Write};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -24,6 +27,11 @@ pub const COMMON_OPTIONS: &str = "  --url URL          service endpoint (default
                      da, fil, fi, is, ms, no, pl, sv (default: detect automatically)
   --context TEXT     context text for biasing (names, vocabulary)
   --chunk-ms N       audio per append in ms, 20..=500 (default 100)
+  --format pcm|opus  what goes on the wire: 16-bit PCM (default), or Ogg Opus encoded on the
+                     device, about a tenth of the bytes (needs the crate feature `opus`:
+                     cargo run --features opus --example ...)
+  --opus-bitrate BPS the Opus encoder's target bitrate, 6000..=128000 bits per second
+                     (default 24000; with --format opus)
   --ca-cert PEM      also trust the CA certificate in this PEM file (repeatable), for a private
                      gateway or a TLS-inspecting proxy; the system's roots stay trusted
   --emulator         use the bundled local emulator instead of the service (no API key needed;
@@ -39,6 +47,17 @@ pub const COMMON_OPTIONS: &str = "  --url URL          service endpoint (default
   --dead-peer-ms N   nothing received for N ms means the link is dead: reconnect (default 20000)
   -h, --help         this help";
 
+/// The speech gate's options, for the examples that offer `--gate`.
+pub const GATE_OPTIONS: &str =
+    "  --gate             send only speech: an on-device speech gate (crate feature `gate`) holds
+                     the rest back; a summary goes to stderr at the end
+  --gate-preroll-ms N   audio kept and sent before each onset (default 500)
+  --gate-hangover-ms N  audio sent after speech ends (default 500; in VAD mode at least the
+                     session's silence window plus 300 ms, so that each utterance ends on time)
+  --gate-idle-ms N   after N ms of audio without speech end the session, and open a new one at
+                     the next onset (default 30000; 0 keeps the session open)
+";
+
 /// Parsed options.
 #[derive(Debug, Default)]
 pub struct Options {
@@ -49,6 +68,9 @@ pub struct Options {
     pub language: Option<String>,
     pub context: Option<String>,
     pub chunk_ms: u32,
+    /// `--format opus`, and `--opus-bitrate`.
+    pub opus: bool,
+    pub opus_bitrate: Option<u32>,
     /// PEM files of extra root certificates (`--ca-cert`, repeatable).
     pub ca_certs: Vec<String>,
     pub emulator: bool,
@@ -56,10 +78,12 @@ pub struct Options {
     pub realtime: bool,
     pub reconnect: bool,
     pub max_backlog_ms: Option<u64>,
-    /// `--gate` and its settings (transcribe_file).
+    /// `--gate` and its settings (see [`GATE_OPTIONS`]).
     pub gate: bool,
     pub gate_preroll_ms: Option<u32>,
     pub gate_hangover_ms: Option<u32>,
+    /// `--gate-idle-ms`: `Some(0)` keeps the session open.
+    pub gate_idle_ms: Option<u32>,
     /// `--ping-ms`, `--dead-peer-ms`: the library's defaults when unset.
     pub ping_ms: Option<u64>,
     pub dead_peer_ms: Option<u64>,
@@ -104,17 +128,22 @@ fn try_parse(
             "--language",
             "--context",
             "--chunk-ms",
+            "--format",
+            "--opus-bitrate",
             "--ca-cert",
             "--max-backlog-ms",
             "--ping-ms",
             "--dead-peer-ms",
         ];
+        // The gate's settings belong to `--gate`, offered by the examples that list it.
+        let gate_valued = ["--gate-preroll-ms", "--gate-hangover-ms", "--gate-idle-ms"];
         let (name, inline) = match arg.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
             _ => (arg.clone(), None),
         };
-        let takes_value =
-            known_valued.contains(&name.as_str()) || extra_valued.contains(&name.as_str());
+        let takes_value = known_valued.contains(&name.as_str())
+            || extra_valued.contains(&name.as_str())
+            || (extra.contains(&"--gate") && gate_valued.contains(&name.as_str()));
         let value = if takes_value {
             match inline.or_else(|| args.next()) {
                 Some(v) => v,
@@ -145,6 +174,29 @@ fn try_parse(
                     .ok_or(format!(
                         "--chunk-ms takes a whole number from 20 to 500, not {value:?}"
                     ))?
+            }
+            "--format" => {
+                o.opus = match value.as_str() {
+                    "pcm" => false,
+                    "opus" if cfg!(feature = "opus") => true,
+                    "opus" => {
+                        return Err("--format opus needs the crate feature `opus` \
+                             (cargo run --features opus --example ...)"
+                            .into())
+                    }
+                    v => return Err(format!("--format takes pcm or opus, not {v:?}")),
+                }
+            }
+            "--opus-bitrate" => {
+                o.opus_bitrate = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|n| (6_000..=128_000).contains(n))
+                        .ok_or(format!(
+                        "--opus-bitrate takes bits per second from 6000 to 128000, not {value:?}"
+                    ))?,
+                )
             }
             "--ca-cert" => o.ca_certs.push(value),
             "--max-backlog-ms" => {
@@ -177,19 +229,24 @@ fn try_parse(
             "--no-reconnect" => o.reconnect = false,
             "--realtime" if extra.contains(&"--realtime") => o.realtime = true,
             "--gate" if extra.contains(&"--gate") => o.gate = true,
-            "--gate-preroll-ms" | "--gate-hangover-ms" if extra_valued.contains(&name.as_str()) => {
+            "--gate-preroll-ms" | "--gate-hangover-ms" | "--gate-idle-ms"
+                if extra.contains(&"--gate") =>
+            {
                 let ms = value.parse().ok().ok_or(format!(
                     "{name} takes a whole number of milliseconds, not {value:?}"
                 ))?;
-                if name == "--gate-preroll-ms" {
-                    o.gate_preroll_ms = Some(ms);
-                } else {
-                    o.gate_hangover_ms = Some(ms);
+                match name.as_str() {
+                    "--gate-preroll-ms" => o.gate_preroll_ms = Some(ms),
+                    "--gate-hangover-ms" => o.gate_hangover_ms = Some(ms),
+                    _ => o.gate_idle_ms = Some(ms),
                 }
             }
             s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option {s}")),
             _ => o.positional.push(arg),
         }
+    }
+    if o.opus_bitrate.is_some() && !o.opus {
+        return Err("--opus-bitrate needs --format opus".into());
     }
     Ok(Some(o))
 }
@@ -207,6 +264,15 @@ pub fn session_config(o: &Options, sample_rate: u32) -> SessionConfig {
     }
     if let Some(c) = &o.context {
         cfg = cfg.context(c.clone());
+    }
+    // Without the feature the parser has refused `--format opus` already.
+    #[cfg(feature = "opus")]
+    if o.opus {
+        let mut opus = qwen_asr_realtime::opus::OpusConfig::default();
+        if let Some(bps) = o.opus_bitrate {
+            opus = opus.bitrate_bps(bps);
+        }
+        cfg = cfg.opus(opus);
     }
     cfg
 }

@@ -182,6 +182,10 @@ impl Conversation {
     }
 
     /// Commits the audio appended since the last commit as one utterance (manual mode only).
+    /// In a session the library encodes to Opus, the page being filled goes out first; less
+    /// than one Opus frame (20 ms by default) cannot be encoded without padding silence into
+    /// the stream, so it stays in the encoder and goes with the next audio (the next
+    /// utterance, or the last page before `session.finish`).
     pub fn commit(&self) -> Result<()> {
         if !self.shared.is_manual() {
             return Err(Error::CommitInVadMode);

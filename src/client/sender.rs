@@ -29,7 +29,9 @@ impl AudioSender {
     }
 
     /// Sends 16-bit PCM samples, waiting only while the link is backed up (the socket full,
-    /// or the bounded outgoing queue full). Refused in an Opus session.
+    /// or the bounded outgoing queue full). Refused in an Opus session, unless the library
+    /// encodes it (`SessionConfig::opus`, feature `opus`): then the samples are encoded into
+    /// the session's Ogg Opus stream on the I/O thread.
     pub fn append_pcm(&self, samples: &[i16]) -> Result<()> {
         self.check_pcm_session()?;
         with_le_bytes(samples, |b| self.shared.append(b, true)).map_err(into_error)
@@ -44,26 +46,33 @@ impl AudioSender {
     }
 
     /// Sends raw audio bytes like [`append_pcm`](Self::append_pcm) (s16le for PCM; an odd
-    /// length is refused; Opus bytes pass through untouched).
+    /// length is refused; Opus bytes pass through untouched). Refused in a session whose
+    /// PCM the library encodes to Opus (`SessionConfig::opus`): bytes encoded elsewhere,
+    /// spliced into the Ogg stream it writes, would make the stream invalid; for them,
+    /// configure Opus without the library's encoder.
     pub fn append_bytes(&self, bytes: &[u8]) -> Result<()> {
+        self.check_not_encoding()?;
         self.shared.append(bytes, true).map_err(into_error)
     }
 
     /// Like [`append_bytes`](Self::append_bytes) but never waits (see
     /// [`try_append_pcm`](Self::try_append_pcm)).
     pub fn try_append_bytes(&self, bytes: &[u8]) -> Result<(), TryAppendError> {
+        self.check_not_encoding()?;
         self.shared.append(bytes, false)
     }
 
     /// Sends audio that is already standard padded base64 (checked, not decoded), like
-    /// [`append_pcm`](Self::append_pcm).
+    /// [`append_bytes`](Self::append_bytes), and refused where it is.
     pub fn append_base64(&self, b64: &str) -> Result<()> {
+        self.check_not_encoding()?;
         self.shared.append_base64(b64, true).map_err(into_error)
     }
 
     /// Like [`append_base64`](Self::append_base64) but never waits (see
     /// [`try_append_pcm`](Self::try_append_pcm)).
     pub fn try_append_base64(&self, b64: &str) -> Result<(), TryAppendError> {
+        self.check_not_encoding()?;
         self.shared.append_base64(b64, false)
     }
 
@@ -84,6 +93,26 @@ impl AudioSender {
         self.shared.enqueue(Command::Notify(Event::client(kind)))
     }
 
+    /// Asks the I/O thread to end the session because the speech gate has been closed for
+    /// `idle_ms` of audio; in order with the audio, so everything appended before it is
+    /// sent and transcribed first. Waits while the outgoing queue is full.
+    #[cfg_attr(not(feature = "gate"), allow(dead_code))]
+    pub(crate) fn idle(&self, idle_ms: u64) -> Result<()> {
+        self.shared.enqueue(Command::Idle { idle_ms })
+    }
+
+    /// Like [`idle`](Self::idle) but never waits: on [`TryAppendError::Full`] nothing was
+    /// queued. For the gate in front of a capture thread.
+    #[cfg(all(feature = "gate", feature = "alsa"))]
+    pub(crate) fn try_idle(&self, idle_ms: u64) -> Result<(), TryAppendError> {
+        self.shared.try_enqueue(Command::Idle { idle_ms })
+    }
+
+    /// The conversation's accounting (see [`Conversation::stats`](crate::Conversation::stats)).
+    pub fn stats(&self) -> crate::Stats {
+        self.shared.stats()
+    }
+
     /// Like [`notify`](Self::notify) but never waits: on [`TryAppendError::Full`] nothing
     /// was taken. A capture thread reports a loss exactly when the queue is full, so it must
     /// not wait for room.
@@ -91,6 +120,16 @@ impl AudioSender {
     pub(crate) fn try_notify(&self, kind: EventKind) -> Result<(), TryAppendError> {
         self.shared
             .try_enqueue(Command::Notify(Event::client(kind)))
+    }
+
+    /// Like [`commit`](Self::commit) but never waits: on [`TryAppendError::Full`] nothing
+    /// was queued. For the gate in front of a capture thread, which must not wait.
+    #[cfg(all(feature = "gate", feature = "alsa"))]
+    pub(crate) fn try_commit(&self) -> Result<(), TryAppendError> {
+        if !self.shared.is_manual() {
+            return Err(TryAppendError::Other(Error::CommitInVadMode));
+        }
+        self.shared.try_commit()
     }
 
     /// The session's sample rate (16000 or 8000), as last configured.
@@ -101,6 +140,18 @@ impl AudioSender {
     /// True once the conversation no longer takes audio.
     pub fn is_closed(&self) -> bool {
         self.shared.is_closed()
+    }
+
+    fn check_not_encoding(&self) -> Result<()> {
+        if self.shared.encodes() {
+            Err(Error::InvalidAudio(
+                "pre-encoded bytes into a session whose PCM this library encodes to Opus; \
+                 append PCM samples instead"
+                    .into(),
+            ))
+        } else {
+            Ok(())
+        }
     }
 
     fn check_pcm_session(&self) -> Result<()> {

@@ -111,8 +111,10 @@ pub struct GateConfig {
     /// 50 s, at most the service's limit. (In server-VAD mode the service cuts utterances.)
     pub max_utterance_ms: u32,
     /// After this much audio with the gate closed, the gate reports
-    /// [`Output::Idle`](super::Output::Idle): the session may be ended and a new one opened at
-    /// the next onset. `None` keeps the session open. Default 30 s.
+    /// [`Output::Idle`](super::Output::Idle), on which a [`GatedSender`](super::GatedSender)
+    /// ends the session cleanly and keeps no connection until the next onset opens a new one
+    /// (the first word waits in the outgoing queue meanwhile). `None` keeps the session open.
+    /// Default 30 s.
     pub idle_timeout_ms: Option<u32>,
 }
 
@@ -226,7 +228,9 @@ impl GateConfig {
         self
     }
 
-    /// Never reports idleness: the session stays open through any silence.
+    /// Never reports idleness: the session stays open through any silence, kept alive by the
+    /// keepalive pings. Should the server close it anyway while the gate is closed and every
+    /// result is in, that is no error and no loss: the next onset opens a new session.
     pub fn keep_session_open(self) -> Self {
         self.idle_timeout_ms(None)
     }

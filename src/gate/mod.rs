@@ -47,6 +47,8 @@ mod energy;
 mod policy;
 mod preroll;
 mod sender;
+#[cfg(feature = "alsa")]
+mod sink;
 mod timeline;
 mod upsample;
 
@@ -58,7 +60,10 @@ pub use config::{
 pub use detector::{
     Detector, EarshotDetector, DETECTOR_FRAME_MS, DETECTOR_FRAME_SAMPLES, DETECTOR_RATE_HZ,
 };
-pub use sender::GatedSender;
+pub use sender::{Accounting, GatedSender};
+#[cfg(feature = "alsa")]
+#[cfg_attr(docsrs, doc(cfg(feature = "alsa")))]
+pub use sink::{GateControl, GatedSink};
 
 pub use timeline::{SessionTimeline, DEFAULT_TIMELINE_SEGMENTS};
 

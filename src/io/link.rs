@@ -137,6 +137,38 @@ impl Link {
         Ok(())
     }
 
+    /// Sends audio that the I/O thread encodes (see `opus_uplink`): `pcm` (the caller's PCM
+    /// append frame, never sent itself) enters the replay accounting, which re-encodes it
+    /// after a reconnect, and `wire` (the frames that carry its audio and the audio before
+    /// it: whole Ogg pages, none while a page fills, each with its milliseconds) is written
+    /// in its place. `failure` (the encoder failed) breaks the link like a failed write: the
+    /// PCM is in the replay, so a new connection, with a new encoder, sends it again.
+    /// The caller has checked that the socket has room, as [`try_send`](Self::try_send) does.
+    #[cfg_attr(not(feature = "opus"), allow(dead_code))]
+    pub fn send_encoded(
+        &mut self,
+        pcm: Utf8Bytes,
+        audio: FrameAudio,
+        wire: Vec<(Utf8Bytes, u64)>,
+        failure: Option<String>,
+    ) {
+        self.replay.audio(pcm, audio);
+        let mut failure = failure;
+        for (text, ms) in wire {
+            if let Some(per_ms) = (text.len() as u64).checked_div(ms) {
+                self.wire_bytes_per_ms = per_ms.max(1);
+            }
+            if let Err(e) = self.write(Message::Text(text)) {
+                failure.get_or_insert(e.to_string());
+                break;
+            }
+        }
+        if let Some(f) = failure {
+            self.open = false;
+            self.failure = Some(f);
+        }
+    }
+
     /// Why the last audio write failed, once.
     pub fn take_failure(&mut self) -> Option<String> {
         self.failure.take()

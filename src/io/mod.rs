@@ -3,7 +3,9 @@
 //! I/O thread that reads events, writes what was queued and replaces a dead connection.
 
 pub(crate) mod arena;
+pub(crate) mod device_time;
 pub(crate) mod link;
+pub(crate) mod opus_uplink;
 pub(crate) mod outbox;
 pub(crate) mod replay;
 pub(crate) mod thread;
@@ -52,6 +54,10 @@ pub(crate) fn start(params: &ConnectParams, key: ApiKey, opened: net::Opened) ->
         Arc::downgrade(&link),
         Arc::clone(&wake),
     ));
+    shared
+        .counters
+        .sessions
+        .store(1, std::sync::atomic::Ordering::Relaxed);
     if let EventKind::SessionCreated(s) = &opened.created.kind {
         if let Some(id) = &s.id {
             shared.set_session_id(id);

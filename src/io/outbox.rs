@@ -44,6 +44,10 @@ pub(crate) enum Command {
     Notify(Event),
     /// Close the connection with this code.
     Close { code: u16, reason: String },
+    /// The speech gate has been closed for its idle timeout (`idle_ms` of audio): end the
+    /// session cleanly and stay disconnected until something needs the service again.
+    #[cfg_attr(not(feature = "gate"), allow(dead_code))]
+    Idle { idle_ms: u64 },
 }
 
 impl Command {
@@ -89,7 +93,15 @@ pub(crate) struct Shared {
     peer_close: Mutex<Option<(u16, String)>>,
     manual: AtomicBool,
     sample_rate: AtomicU32,
+    /// Appends carry PCM (a PCM session, or one the library encodes to Opus): sizes are
+    /// counted as PCM milliseconds.
     pcm: AtomicBool,
+    /// The library encodes the PCM appends to Opus on the I/O thread (see `opus_uplink`):
+    /// they always go through the queue, never straight to the socket.
+    encode: AtomicBool,
+    /// The encoder's settings while `encode` is set.
+    #[cfg(feature = "opus")]
+    opus: Mutex<Option<crate::opus::OpusConfig>>,
     /// Audio bytes appended since the last commit; only touched under `append_lock`, so a
     /// commit takes the count and resets it in one step.
     appended_since_commit: AtomicU64,
@@ -119,6 +131,8 @@ pub(crate) struct Counters {
     pub backlog_ms: AtomicU64,
     pub max_backlog_ms: AtomicU64,
     pub reconnects: AtomicU32,
+    /// Sessions opened: the first, and each one after a reconnect or an idle close.
+    pub sessions: AtomicU32,
     /// When the first audio was appended: the start of the real-time clock that tells a
     /// live source falling behind from a file sent faster than real time.
     pub first_append: OnceLock<Instant>,
@@ -143,6 +157,9 @@ pub struct Stats {
     pub max_backlog_ms: u64,
     /// Connections replaced after the link died.
     pub reconnects: u32,
+    /// Sessions opened: the first, and one for each reconnect and each reopening after an
+    /// idle close (`client.session_reopened`).
+    pub sessions: u32,
 }
 
 impl Shared {
@@ -166,6 +183,9 @@ impl Shared {
             manual: AtomicBool::new(defaults.is_manual()),
             sample_rate: AtomicU32::new(defaults.sample_rate),
             pcm: AtomicBool::new(true),
+            encode: AtomicBool::new(false),
+            #[cfg(feature = "opus")]
+            opus: Mutex::new(None),
             appended_since_commit: AtomicU64::new(0),
             max_frame_bytes: params.max_frame_bytes,
             sheds_backlog: params.max_backlog.is_some(),
@@ -179,10 +199,27 @@ impl Shared {
         self.manual.store(config.is_manual(), Ordering::SeqCst);
         self.sample_rate
             .store(config.sample_rate, Ordering::Relaxed);
+        #[cfg(feature = "opus")]
+        {
+            *lock(&self.opus) = config.opus;
+        }
+        let encode = config.encodes_opus();
+        self.encode.store(encode, Ordering::SeqCst);
         self.pcm.store(
-            config.input_audio_format == AudioFormat::Pcm,
+            encode || config.input_audio_format == AudioFormat::Pcm,
             Ordering::Relaxed,
         );
+    }
+
+    /// True when the I/O thread encodes the PCM appends to Opus.
+    pub(crate) fn encodes(&self) -> bool {
+        self.encode.load(Ordering::SeqCst)
+    }
+
+    /// The encoder's settings, while the PCM appends are encoded.
+    #[cfg(feature = "opus")]
+    pub(crate) fn opus_config(&self) -> Option<crate::opus::OpusConfig> {
+        *lock(&self.opus)
     }
 
     pub(crate) fn is_manual(&self) -> bool {
@@ -236,8 +273,9 @@ impl Shared {
         }
     }
 
-    /// Milliseconds of PCM audio in `bytes` at the session's rate (0 for Opus, whose duration
-    /// cannot be known from its size).
+    /// Milliseconds of PCM audio in `bytes` at the session's rate (also when the library
+    /// encodes it to Opus; 0 for Opus passed through, whose duration cannot be known from its
+    /// size).
     pub(crate) fn bytes_to_ms(&self, bytes: u64) -> u64 {
         if !self.pcm.load(Ordering::Relaxed) {
             return 0;
@@ -266,6 +304,7 @@ impl Shared {
             backlog_ms: c.backlog_ms.load(Ordering::Relaxed),
             max_backlog_ms: c.max_backlog_ms.load(Ordering::Relaxed),
             reconnects: c.reconnects.load(Ordering::Relaxed),
+            sessions: c.sessions.load(Ordering::Relaxed),
         }
     }
 
@@ -312,6 +351,12 @@ impl Shared {
     #[cfg_attr(not(feature = "alsa"), allow(dead_code))]
     pub(crate) fn try_enqueue(&self, cmd: Command) -> Result<(), TryAppendError> {
         let _order = try_lock(&self.append_lock).ok_or(TryAppendError::Full)?;
+        self.try_queue(cmd)
+    }
+
+    /// Pushes a command if the queue has room, and wakes the I/O thread; the caller holds
+    /// `append_lock`.
+    fn try_queue(&self, cmd: Command) -> Result<(), TryAppendError> {
         self.guarded(|tx| {
             tx.try_send(cmd).map_err(|e| match e {
                 TrySendError::Full(_) => TryAppendError::Full,
@@ -330,6 +375,21 @@ impl Shared {
             return Err(Error::EmptyCommit);
         }
         self.enqueue_unordered(Command::Commit {
+            text: protocol::commit_json().0,
+        })?;
+        self.appended_since_commit.store(0, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Like [`commit`](Self::commit), without waiting for the append lock or for room in
+    /// the queue: `Full` if either is busy, and then nothing changed.
+    #[cfg(all(feature = "gate", feature = "alsa"))]
+    pub(crate) fn try_commit(&self) -> Result<(), TryAppendError> {
+        let _order = try_lock(&self.append_lock).ok_or(TryAppendError::Full)?;
+        if self.appended_since_commit.load(Ordering::SeqCst) == 0 {
+            return Err(TryAppendError::Other(Error::EmptyCommit));
+        }
+        self.try_queue(Command::Commit {
             text: protocol::commit_json().0,
         })?;
         self.appended_since_commit.store(0, Ordering::SeqCst);
@@ -403,7 +463,8 @@ impl Shared {
         let mut frames = pieces.map(|audio| (arena.frame(audio), audio.audio_bytes()));
         let queued = self.guarded(|tx| {
             let mut first = None;
-            if count == 1 {
+            // The encoder lives on the I/O thread: PCM to encode must reach it in order.
+            if count == 1 && !self.encodes() {
                 if let Some((text, audio_bytes)) = frames.next() {
                     match self.write_direct(text, audio_bytes, blocking) {
                         Ok(()) => return Ok(false),

@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 
 use tungstenite::Utf8Bytes;
 
+use crate::io::device_time::DeviceTimeline;
 use crate::protocol::EventKind;
 
 const NS_PER_MS: u64 = 1_000_000;
@@ -213,6 +214,11 @@ pub struct Replay {
     finish_at: Option<u64>,
     /// Audio pushed out of the window before its result came: [start, end).
     evicted: Option<(u64, u64)>,
+    /// Where the stream's audio was captured, to place the server's offsets on the device
+    /// timeline.
+    device: DeviceTimeline,
+    /// Where the audio of the speech gate's last opening starts, if a gate is in use.
+    last_opening: Option<u64>,
 }
 
 impl std::fmt::Debug for Replay {
@@ -243,6 +249,8 @@ impl Replay {
             stopped_at: VecDeque::new(),
             finish_at: None,
             evicted: None,
+            device: DeviceTimeline::new(),
+            last_opening: None,
         }
     }
 
@@ -254,6 +262,7 @@ impl Replay {
             audio,
             text,
         };
+        self.device.record(frame.start, frame.duration);
         self.end = frame.end();
         self.held += u128::from(frame.duration);
         self.held_bytes = self.held_bytes.saturating_add(frame.held_bytes());
@@ -378,6 +387,58 @@ impl Replay {
                 self.evicted = None;
             }
         }
+    }
+
+    /// The next audio sent was captured at `device_ms` on the device timeline (the speech
+    /// gate opened there).
+    pub fn device_jump(&mut self, device_ms: u64) {
+        self.device.jump_to(device_ms.saturating_mul(NS_PER_MS));
+        self.last_opening = Some(self.end);
+    }
+
+    /// A frame of `audio` was appended but never sent (shed from the backlog): it still took
+    /// its time on the device timeline.
+    pub fn device_skip(&mut self, audio: FrameAudio) {
+        self.device.skip(audio.duration_ns());
+    }
+
+    /// With the speech gate closed: if every utterance has its result (the last opening's
+    /// included, no stopped utterance or commit waiting), the audio after the last result is
+    /// the gate's hangover, which the server heard as silence: nothing in it awaits a result,
+    /// so it is acknowledged. True if so. Otherwise (an opening with no result at all, say)
+    /// nothing changes, and that audio is replayed or reported as usual.
+    pub fn settle(&mut self) -> bool {
+        let answered = self.last_opening.is_some_and(|at| self.acked > at);
+        if !answered
+            || !self.pending_commits.is_empty()
+            || self.forgotten_commits > 0
+            || !self.stopped_at.is_empty()
+        {
+            return false;
+        }
+        self.ack(self.end);
+        true
+    }
+
+    /// Where the current session's offset `session_ms` lies on the device timeline, in ms;
+    /// `None` for an offset past the audio sent in this session (a hostile or confused
+    /// server), or in a stretch too old to be remembered.
+    pub fn device_ms(&self, session_ms: u64) -> Option<u64> {
+        let at = self
+            .session_base
+            .saturating_add(session_ms.saturating_mul(NS_PER_MS));
+        if at > self.end.saturating_add(OFFSET_SLACK_NS) {
+            return None;
+        }
+        self.device
+            .device_ns(at.min(self.end))
+            .map(|ns| ns / NS_PER_MS)
+    }
+
+    /// Audio sent without a result, whether a new session would be sent it again or it is
+    /// already lost, in ms (rounded up): 0 when every result is in.
+    pub fn pending_ms(&self) -> u64 {
+        ms_ceil(self.unacked_held().saturating_add(self.lost_pending()))
     }
 
     /// Audio that fell out of the window without a result: lost, in milliseconds (rounded up).
@@ -801,5 +862,71 @@ mod tests {
         r.observe(&stopped("z", 900));
         r.observe(&completed("z"));
         assert_eq!(r.take_lost_ms(), 0);
+    }
+
+    #[test]
+    fn server_offsets_map_to_the_device_timeline_across_gaps_and_sessions() {
+        let mut r = Replay::new(60_000);
+        r.device_jump(2_000);
+        for i in 0..5 {
+            r.audio(frame(i), pcm(3200)); // 100 ms each, captured from 2 s on
+        }
+        r.device_jump(9_000);
+        r.audio(frame(5), pcm(3200));
+        assert_eq!(r.device_ms(250), Some(2_250));
+        assert_eq!(r.device_ms(550), Some(9_050));
+        assert_eq!(r.device_ms(600), Some(9_100));
+        // Past what was sent, or absurd: no position.
+        assert_eq!(r.device_ms(700), None);
+        assert_eq!(r.device_ms(u64::MAX), None);
+        // A session.finished acknowledges everything; the next session's offsets restart.
+        r.finish();
+        r.observe(&EventKind::SessionFinished);
+        assert_eq!(r.start_session().1, 0);
+        r.device_jump(30_000);
+        r.audio(frame(6), pcm(3200));
+        assert_eq!(r.device_ms(40), Some(30_040));
+    }
+
+    #[test]
+    fn replayed_audio_keeps_its_device_positions() {
+        let mut r = Replay::new(60_000);
+        r.device_jump(5_000);
+        for i in 0..4 {
+            r.audio(frame(i), pcm(3200));
+        }
+        r.observe(&stopped("a", 200));
+        r.observe(&completed("a"));
+        // The new session starts at the acknowledged point, 200 ms into the stream.
+        let (frames, _) = r.start_session();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(r.device_ms(0), Some(5_200));
+        assert_eq!(r.device_ms(150), Some(5_350));
+    }
+
+    #[test]
+    fn only_a_quiet_gate_with_every_opening_answered_settles_the_hangover() {
+        let mut r = Replay::new(60_000);
+        // No gate: never.
+        r.audio(frame(0), pcm(3200));
+        assert!(!r.settle());
+        let mut r = Replay::new(0);
+        r.device_jump(1_000);
+        for i in 0..10 {
+            r.audio(frame(i), pcm(3200));
+        }
+        // An utterance stopped but not completed: in flight.
+        r.observe(&stopped("a", 600));
+        assert!(!r.settle());
+        r.observe(&completed("a"));
+        assert_eq!(r.pending_ms(), 400, "the hangover after the speech");
+        assert!(r.settle());
+        assert_eq!(r.pending_ms(), 0);
+        assert_eq!(r.take_lost_ms(), 0);
+        // An opening the server gave no result at all: its audio stays pending.
+        r.device_jump(9_000);
+        r.audio(frame(10), pcm(3200));
+        assert!(!r.settle());
+        assert_eq!(r.pending_ms(), 100);
     }
 }

@@ -5,6 +5,13 @@
 //! socket sits behind one lock (`link`): senders take it, when it is free, to write their own
 //! append frames while this thread sleeps. When the link dies it reconnects, if asked to, and
 //! replays what had no result yet.
+//!
+//! Sessions while nobody speaks: on the speech gate's `Command::Idle` it ends the session
+//! (`session.finish`, `session.finished`, close 1000) and goes dormant: no socket, no pings,
+//! no timer, asleep on the wake-up fd alone. The next command that needs the service (audio, a
+//! commit, an update) opens a new session through the same path as a reconnect
+//! (`open_session`), and what was queued meanwhile follows it. A server that closes the session
+//! while the gate is closed and every result is in leads to the same dormant state.
 
 use std::io::ErrorKind;
 use std::net::TcpStream;
@@ -21,6 +28,7 @@ use tungstenite::{Bytes, Message, Utf8Bytes};
 use crate::config::{ApiKey, ConnectParams};
 use crate::error::Error;
 use crate::io::link::Link;
+use crate::io::opus_uplink::OpusUplink;
 use crate::io::outbox::{Command, Reply, Shared};
 use crate::io::replay::Replay;
 use crate::net::{self, Opened, Socket};
@@ -159,12 +167,37 @@ struct State {
     /// The backlog passed `behind_threshold`: the level of the next `client.link_behind`
     /// report, and the largest backlog seen meanwhile.
     behind: Option<(u64, u64)>,
+    /// The Opus encoder, for sessions whose PCM the library encodes.
+    uplink: OpusUplink,
+    /// The speech gate's state as of the last `client.gate_*` passed on (`None`: no gate).
+    gate_open: Option<bool>,
+    /// The caller sent `session.finish`: the end is theirs, never an idle close.
+    caller_finished: bool,
+    /// The session is being ended because nobody speaks (see `start_idle_end`).
+    idle_end: Option<IdleEnd>,
+    /// Utterances of this session started (`speech_started`) and not yet completed or
+    /// failed.
+    open_items: u32,
+}
+
+/// An idle end under way: `session.finish` sent, waiting for `session.finished` (at most
+/// until `deadline`) before the close.
+struct IdleEnd {
+    idle_ms: u64,
+    deadline: Instant,
+    finished: bool,
 }
 
 /// How a connection ended.
 enum LinkEnd {
     /// The caller closed it (or the server's end after our close).
     Closed(u16, String),
+    /// We ended an idle session: every result is in; the conversation goes on, dormant.
+    Idle {
+        idle_ms: u64,
+        code: u16,
+        reason: String,
+    },
     /// The peer or the network ended it; `retryable` if a new connection may work.
     Lost {
         code: u16,
@@ -215,6 +248,11 @@ impl IoThread {
             finish_sent: false,
             held_cmd: None,
             behind: None,
+            uplink: OpusUplink::new(),
+            gate_open: None,
+            caller_finished: false,
+            idle_end: None,
+            open_items: 0,
         };
         let served =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve_all(&mut st)));
@@ -242,8 +280,33 @@ impl IoThread {
         });
         lock(&self.link).set_replay(Replay::new(window_ms));
         loop {
-            match self.serve(st) {
+            let end = self.serve(st);
+            let ending = st.idle_end.take();
+            let idle = ending.as_ref().map(|i| i.idle_ms);
+            let closed = match end {
                 LinkEnd::Closed(code, reason) => return (code, reason),
+                LinkEnd::Idle {
+                    idle_ms,
+                    code,
+                    reason,
+                } => EventKind::SessionIdleClosed {
+                    session_id: self.shared.session_id(),
+                    idle_ms: Some(idle_ms),
+                    by_server: false,
+                    code,
+                    reason,
+                },
+                LinkEnd::Lost { code, reason, .. }
+                    if self.ended_while_idle(st, ending.as_ref()) =>
+                {
+                    EventKind::SessionIdleClosed {
+                        session_id: self.shared.session_id(),
+                        idle_ms: idle,
+                        by_server: idle.is_none(),
+                        code,
+                        reason,
+                    }
+                }
                 LinkEnd::Lost {
                     code,
                     reason,
@@ -255,9 +318,206 @@ impl IoThread {
                     if let Some(end) = self.reconnect(st, code, &reason) {
                         return end;
                     }
+                    continue;
+                }
+            };
+            log::info!("session ended while idle; no connection until audio needs one");
+            st.out.push(Event::client(closed));
+            st.out.flush();
+            self.shared.counters.backlog_ms.store(0, Ordering::Relaxed);
+            if let Some(end) = self.dormant(st) {
+                return end;
+            }
+        }
+    }
+
+    /// A connection that ended with the gate closed, every result in and the caller not
+    /// ending the conversation lost nothing: an idle session the server closed (or ours,
+    /// whose close the server made first). Not an error: a new session opens when needed.
+    fn ended_while_idle(&self, st: &State, ending: Option<&IdleEnd>) -> bool {
+        // Our idle end, answered: session.finished acknowledged everything.
+        if ending.is_some_and(|e| e.finished) && lock(&self.link).replay().pending_ms() == 0 {
+            return true;
+        }
+        let quiet = (ending.is_some() || st.gate_open == Some(false))
+            && !st.caller_finished
+            && !st.finish_sent
+            && st.open_items == 0;
+        quiet && {
+            let mut link = lock(&self.link);
+            link.replay().pending_ms() == 0 || link.replay_mut().settle()
+        }
+    }
+
+    /// Sleeps, with no connection, no pings and no timer, until a command needs the
+    /// service: client events are passed on meanwhile, and a `session.finish` is answered at
+    /// once (the session is finished already). Then opens a new session for it; `None` once
+    /// it is open, else how the conversation ends.
+    fn dormant(&mut self, st: &mut State) -> Option<(u16, String)> {
+        loop {
+            if self.shared.cancel.is_requested() {
+                // What is still queued is reported as dropped on the way out.
+                return Some((1000, "bye".into()));
+            }
+            match self.commands.try_recv() {
+                Ok(Command::Notify(event)) => {
+                    note_gate(&event, st, lock(&self.link).replay_mut());
+                    st.out.push(event);
+                }
+                Ok(Command::Idle { .. }) => {}
+                Ok(Command::Finish { reply, .. }) => {
+                    if let Some(r) = reply {
+                        let _ = r.send(Ok(()));
+                    }
+                }
+                Ok(Command::Close { code, reason }) => return Some((code, reason)),
+                Ok(cmd) => {
+                    // Audio, a commit or an update: it goes first on the new connection.
+                    st.held_cmd = Some(cmd);
+                    return self.reopen(st);
+                }
+                Err(TryRecvError::Disconnected) => return Some((1000, "bye".into())),
+                Err(TryRecvError::Empty) => {
+                    poll(None, Some(self.wake.fd()), None);
+                    self.drain_wake();
                 }
             }
         }
+    }
+
+    /// Opens a new session after an idle close, retrying as the reconnect policy says (once
+    /// without one). `None` once it is open; else how the conversation ends (what was queued
+    /// for it is then reported as dropped).
+    fn reopen(&mut self, st: &mut State) -> Option<(u16, String)> {
+        let started = Instant::now();
+        let policy = self.params.reconnect;
+        let attempts = policy.map_or(1, |p| p.max_attempts.max(1));
+        let mut last_error = String::new();
+        let mut tried = 0;
+        for attempt in 1..=attempts {
+            if let (Some(p), true) = (policy, attempt > 1) {
+                if self.sleep_unless_closed(jittered(p.backoff(attempt - 1), p.jitter)) {
+                    return Some((1000, "bye".into()));
+                }
+            }
+            tried = attempt;
+            match self.open_session(st) {
+                Ok(replayed_ms) => {
+                    let connect_ms =
+                        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    log::info!("new session after an idle close in {connect_ms} ms");
+                    st.out.push(Event::client(EventKind::SessionReopened {
+                        session_id: self.shared.session_id(),
+                        connect_ms,
+                        attempts: attempt,
+                    }));
+                    let c = &self.shared.counters;
+                    c.replayed_ms.fetch_add(replayed_ms, Ordering::Relaxed);
+                    let lost_ms = lock(&self.link).replay_mut().take_lost_ms();
+                    if lost_ms > 0 {
+                        st.out.push(Event::client(EventKind::AudioDropped {
+                            ms: lost_ms,
+                            reason:
+                                "sent before an idle close whose session ended without its result"
+                                    .into(),
+                        }));
+                    }
+                    return None;
+                }
+                Err(e) => {
+                    log::warn!("opening a new session, attempt {attempt}: {e}");
+                    last_error = e.to_string();
+                    if self.shared.cancel.is_requested() {
+                        return Some((1000, "bye".into()));
+                    }
+                    if !e.is_retryable() {
+                        break;
+                    }
+                }
+            }
+        }
+        st.out.push(Event::client(EventKind::ReconnectFailed {
+            attempts: tried,
+            error: last_error.clone(),
+        }));
+        Some((
+            1006,
+            format!("could not open a new session after an idle close: {last_error}"),
+        ))
+    }
+
+    /// A new connection and session, configured and resumed (see `resume`): the one way a
+    /// session starts after the first, for reconnects and idle reopenings alike. Returns the
+    /// milliseconds replayed.
+    fn open_session(&mut self, st: &mut State) -> Result<u64, Error> {
+        st.open_items = 0;
+        let opened = net::open(&self.params, &self.key, Some(&self.shared.cancel))?;
+        let replayed_ms = self.resume(st, opened)?;
+        self.shared
+            .counters
+            .sessions
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(replayed_ms)
+    }
+
+    /// Ends the session because the gate has been closed for `idle_ms` of audio:
+    /// `session.finish` now (its `session.finished` acknowledges every result), the close
+    /// once it comes or the end-session timeout passes. Senders queue from here on: their
+    /// audio belongs to the next session. False if the caller is ending the conversation
+    /// already.
+    fn start_idle_end(
+        &self,
+        link: &mut Link,
+        st: &mut State,
+        idle_ms: u64,
+    ) -> Result<bool, LinkEnd> {
+        if st.caller_finished || st.finish_sent || st.idle_end.is_some() {
+            return Ok(false);
+        }
+        log::info!("the gate has been closed for {idle_ms} ms of audio: ending the session");
+        let (text, _) = protocol::finish_json();
+        link.set_open(false);
+        link.replay_mut().finish();
+        st.idle_end = Some(IdleEnd {
+            idle_ms,
+            deadline: Instant::now() + self.params.timeouts.end_session,
+            finished: false,
+        });
+        // An Opus session's stream ends with its end-of-stream page before the finish; the
+        // next session starts a stream of its own (`resume`).
+        let written = st.uplink.before_finish(link).and_then(|()| {
+            link.write(Message::Text(text.into()))
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = written {
+            let (code, reason) = self.shared.peer_close().unwrap_or((1006, e));
+            return Err(lost(code, reason));
+        }
+        link.flush();
+        Ok(true)
+    }
+
+    /// Once the idle end's `session.finished` has come (or its time is up, or the caller
+    /// closes), starts the close.
+    fn advance_idle_end(&self, link: &mut Link, st: &State, p: &mut Pass) {
+        let Some(ie) = &st.idle_end else {
+            return;
+        };
+        let now = Instant::now();
+        if p.closing.is_some()
+            || !(ie.finished || now >= ie.deadline || self.shared.cancel.is_requested())
+        {
+            return;
+        }
+        if !ie.finished {
+            log::warn!("no session.finished for the idle close; closing anyway");
+        }
+        let reason = "idle".to_owned();
+        link.close(CloseFrame {
+            code: CloseCode::Normal,
+            reason: reason.clone().into(),
+        });
+        p.closing = Some((1000, reason, now + CLOSE_HANDSHAKE));
     }
 
     /// The end of the conversation: waiters answered, the audio that will never have a
@@ -352,9 +612,11 @@ impl IoThread {
                 wake: true,
             },
         };
-        {
-            let mut link = lock(&self.link);
-            link.set_open(true);
+        // A command held over from before this connection (the one that woke a dormant
+        // conversation, say) goes before any sender's own write: senders queue until it is out.
+        let mut opened = st.held_cmd.is_none();
+        if opened {
+            lock(&self.link).set_open(true);
         }
         loop {
             // Held for the whole pass, and let go of while we sleep: senders write their own
@@ -362,6 +624,15 @@ impl IoThread {
             let mut link = lock(&self.link);
             match self.pass(&mut link, st, &mut p) {
                 Ok((want_write, timeout)) => {
+                    if !opened
+                        && st.held_cmd.is_none()
+                        && !link.is_write_blocked()
+                        && p.closing.is_none()
+                        && st.idle_end.is_none()
+                    {
+                        link.set_open(true);
+                        opened = true;
+                    }
                     drop(link);
                     p.ready = self.wait(want_write, p.closing.is_none(), timeout);
                 }
@@ -392,7 +663,7 @@ impl IoThread {
         match flow {
             Flow::Ended(end) => {
                 return Err(match p.closing.take() {
-                    Some((ours, why, _)) => LinkEnd::Closed(ours, why),
+                    Some((ours, why, _)) => ours_end(st, ours, why),
                     None => end,
                 })
             }
@@ -420,7 +691,7 @@ impl IoThread {
                 p.next_ping = Some(now + interval);
             }
         }
-        if p.closing.is_none() {
+        if p.closing.is_none() && st.idle_end.is_none() {
             let close = self.write_commands(link, st, p.ready.wake)?;
             self.shed_backlog(link, st);
             self.track_backlog(link, st);
@@ -433,8 +704,14 @@ impl IoThread {
                 p.closing = Some((code, reason, Instant::now() + CLOSE_HANDSHAKE));
             }
         } else {
+            if p.ready.wake && p.closing.is_none() {
+                // Ending an idle session: commands wait for the next one; only a close by the
+                // caller (seen by `advance_idle_end`) cuts the wait short.
+                self.drain_wake();
+            }
             link.flush();
         }
+        self.advance_idle_end(link, st, p);
         // The earliest deadline, if any (no allocation: this runs once per wake-up).
         let mut deadline: Option<Instant> = None;
         let mut at = |d: Instant| deadline = Some(deadline.map_or(d, |x| x.min(d)));
@@ -446,10 +723,13 @@ impl IoThread {
         }
         if let Some((code, reason, until)) = &p.closing {
             if Instant::now() >= *until {
-                return Err(LinkEnd::Closed(*code, reason.clone()));
+                return Err(ours_end(st, *code, reason.clone()));
             }
             at(*until);
-        } else if ka.ping_interval.is_some() {
+        } else if let Some(ie) = &st.idle_end {
+            at(ie.deadline);
+        }
+        if p.closing.is_none() && ka.ping_interval.is_some() {
             if let Some(t) = p.next_ping {
                 at(t);
             }
@@ -513,8 +793,9 @@ impl IoThread {
                     if text.as_str() == tests::PANIC_FRAME {
                         panic!("a test asked the I/O thread to panic");
                     }
-                    let event = Event::parse(text.as_str().to_owned());
+                    let mut event = Event::parse(text.as_str().to_owned());
                     self.on_event(&event, st, link.replay_mut());
+                    place_on_device(&mut event, link.replay());
                     log::debug!("event {}", event.type_name());
                     st.out.push(event);
                 }
@@ -538,6 +819,14 @@ impl IoThread {
     /// Bookkeeping that must happen before the caller sees the event.
     fn on_event(&self, event: &Event, st: &mut State, replay: &mut Replay) {
         replay.observe(&event.kind);
+        match &event.kind {
+            EventKind::SpeechStarted { .. } => st.open_items = st.open_items.saturating_add(1),
+            EventKind::Completed(_) | EventKind::Failed(_) => {
+                st.open_items = st.open_items.saturating_sub(1)
+            }
+            EventKind::SessionFinished => st.open_items = 0,
+            _ => {}
+        }
         let waiters = &mut st.waiters;
         match &event.kind {
             EventKind::SessionCreated(s) => {
@@ -552,6 +841,9 @@ impl IoThread {
             }
             EventKind::SessionFinished => {
                 st.finish_sent = false;
+                if let Some(ie) = &mut st.idle_end {
+                    ie.finished = true;
+                }
                 if let Some((_, w)) = waiters.finish.take() {
                     let _ = w.send(Ok(()));
                 }
@@ -613,7 +905,7 @@ impl IoThread {
             };
             let written = match cmd {
                 Command::Frame { text, audio_bytes } => {
-                    match link.try_send(text, self.shared.frame_audio(audio_bytes)) {
+                    match st.uplink.send_frame(link, &self.shared, text, audio_bytes) {
                         Ok(()) => self.shared.dequeued(audio_bytes),
                         // Still full: the frame keeps its place at the head of the queue.
                         Err(text) => {
@@ -629,8 +921,12 @@ impl IoThread {
                     Ok(())
                 }
                 Command::Commit { text } => {
+                    // Recorded first: if the link fails from here on, the replay commits anew.
                     link.replay_mut().commit();
-                    link.write(Message::Text(text.into()))
+                    st.uplink.before_commit(link).and_then(|()| {
+                        link.write(Message::Text(text.into()))
+                            .map_err(|e| e.to_string())
+                    })
                 }
                 Command::Update {
                     text,
@@ -640,7 +936,7 @@ impl IoThread {
                     st.waiters.update = reply.map(|r| (event_id, r));
                     let text = Utf8Bytes::from(text);
                     st.last_update = Some(text.clone());
-                    link.write(Message::Text(text))
+                    link.write(Message::Text(text)).map_err(|e| e.to_string())
                 }
                 Command::Finish {
                     text,
@@ -649,17 +945,29 @@ impl IoThread {
                 } => {
                     st.waiters.finish = reply.map(|r| (event_id, r));
                     st.finish_sent = true;
+                    st.caller_finished = true;
                     link.replay_mut().finish();
-                    link.write(Message::Text(text.into()))
+                    st.uplink.before_finish(link).and_then(|()| {
+                        link.write(Message::Text(text.into()))
+                            .map_err(|e| e.to_string())
+                    })
                 }
                 Command::Notify(event) => {
+                    note_gate(&event, st, link.replay_mut());
                     st.out.push(event);
                     continue;
                 }
                 Command::Close { code, reason } => return Ok(Some((code, reason))),
+                Command::Idle { idle_ms } => {
+                    if self.start_idle_end(link, st, idle_ms)? {
+                        // The rest waits for the next session.
+                        return Ok(None);
+                    }
+                    continue;
+                }
             };
             if let Err(e) = written {
-                let (code, reason) = self.shared.peer_close().unwrap_or((1006, e.to_string()));
+                let (code, reason) = self.shared.peer_close().unwrap_or((1006, e));
                 return Err(lost(code, reason));
             }
         }
@@ -668,7 +976,7 @@ impl IoThread {
     /// With `max_backlog` set and the link behind by more than it, drops the oldest queued
     /// frames (they were never sent, so the replay window and the server's offsets know
     /// nothing of them) and reports them, so that a live source never waits for the link.
-    fn shed_backlog(&self, link: &Link, st: &mut State) {
+    fn shed_backlog(&self, link: &mut Link, st: &mut State) {
         let Some(max) = self.params.max_backlog else {
             return;
         };
@@ -679,6 +987,8 @@ impl IoThread {
             match self.commands.try_recv() {
                 Ok(Command::Frame { audio_bytes, .. }) => {
                     self.shared.dequeued(audio_bytes);
+                    link.replay_mut()
+                        .device_skip(self.shared.frame_audio(audio_bytes));
                     dropped += audio_bytes;
                     behind = behind.saturating_sub(self.shared.bytes_to_ms(audio_bytes));
                 }
@@ -787,8 +1097,7 @@ impl IoThread {
             if self.sleep_unless_closed(jittered(policy.backoff(attempt), policy.jitter)) {
                 return Some((code, reason.to_owned()));
             }
-            let result = net::open(&self.params, &self.key, Some(&self.shared.cancel))
-                .and_then(|opened| self.resume(st, opened));
+            let result = self.open_session(st);
             match result {
                 Ok(replayed_ms) => {
                     let new_session_id = self.shared.session_id();
@@ -919,11 +1228,17 @@ impl IoThread {
             }
         }
         let (frames, replayed_ms) = link.replay_mut().start_session();
+        // A new session is a new Ogg stream; the replay's PCM is encoded into it afresh.
+        st.uplink.new_stream();
         for frame in frames {
-            let text = frame.unwrap_or_else(|| protocol::commit_json().0.into());
-            socket.write(Message::Text(text)).map_err(ws_error)?;
+            for text in st.uplink.replay_wire(&self.shared, frame)? {
+                socket.write(Message::Text(text)).map_err(ws_error)?;
+            }
         }
         if st.finish_sent {
+            for text in st.uplink.finish_wire()? {
+                socket.write(Message::Text(text)).map_err(ws_error)?;
+            }
             let (text, event_id) = protocol::finish_json();
             if let Some((id, _)) = &mut st.waiters.finish {
                 *id = event_id;
@@ -940,6 +1255,42 @@ impl IoThread {
         drop(link);
         self.tcp = tcp;
         Ok(replayed_ms)
+    }
+}
+
+/// How a connection we closed ended: an idle close if that is what our close was.
+fn ours_end(st: &mut State, code: u16, reason: String) -> LinkEnd {
+    match st.idle_end.take() {
+        Some(ie) => LinkEnd::Idle {
+            idle_ms: ie.idle_ms,
+            code,
+            reason,
+        },
+        None => LinkEnd::Closed(code, reason),
+    }
+}
+
+/// Follows the speech gate through its events, in order with the audio: whether it is
+/// open, and where on the device timeline the audio after an opening was captured.
+fn note_gate(event: &Event, st: &mut State, replay: &mut Replay) {
+    match &event.kind {
+        EventKind::GateOpened { at_ms, .. } => {
+            st.gate_open = Some(true);
+            replay.device_jump(*at_ms);
+        }
+        EventKind::GateClosed { .. } => st.gate_open = Some(false),
+        _ => {}
+    }
+}
+
+/// Gives a server event carrying session offsets their device-timeline positions.
+fn place_on_device(event: &mut Event, replay: &Replay) {
+    let (start, end) = event.session_offsets_ms();
+    if start.is_some() || end.is_some() {
+        event.set_device_ms(
+            start.and_then(|ms| replay.device_ms(ms)),
+            end.and_then(|ms| replay.device_ms(ms)),
+        );
     }
 }
 

@@ -53,6 +53,15 @@
 //! re-encoding the replay window's PCM into the new stream is always a valid stream at a cost
 //! of about 5 ms of x86 CPU per replayed audio second.
 //!
+//! # In a conversation
+//!
+//! `SessionConfig::opus` makes a conversation encode the PCM that `append_pcm`,
+//! `try_append_pcm` and capture take. The conversation's I/O thread owns the one encoder and
+//! makes one [`OpusStream`] per server session, started with the session's first audio; its
+//! replay window keeps the PCM, which is re-encoded into the new stream after a reconnect (the
+//! choice above). A manual commit first completes the page being filled
+//! ([`OpusStream::flush`]); `session.finish` follows the end-of-stream page.
+//!
 //! # The encoder
 //!
 //! libopus 1.6 (the reference implementation), built from source and linked statically: the
@@ -66,8 +75,12 @@ mod config;
 pub mod ogg;
 mod stream;
 
-#[cfg(test)]
-mod ogg_read;
+// A reader and decoder for checking what was sent: this crate's tests, and the integration
+// tests through the hidden `__fuzz` module; not an API.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+#[allow(missing_docs, missing_debug_implementations)]
+pub mod ogg_read;
 #[cfg(test)]
 mod tests;
 

@@ -361,6 +361,24 @@ impl OpusStream {
         Ok(self.pages_out(u32::try_from(padded).unwrap_or(u32::MAX)))
     }
 
+    /// Completes the page being filled, if it holds a frame, and returns it: for audio that
+    /// must be on the wire now (before a commit), without waiting for a full page. A page may
+    /// hold fewer frames than [`OpusConfig::page_ms`] says. A partial frame (less than
+    /// [`OpusConfig::frame_ms`] of audio) cannot be encoded without padding it, which would
+    /// put silence in the middle of the stream: it stays and goes out with the audio pushed
+    /// next, or padded by [`finish`](Self::finish).
+    pub fn flush(&mut self) -> Result<Pages<'_>, OpusError> {
+        if self.finished {
+            return Err(OpusError::Finished);
+        }
+        self.out.clear();
+        self.spans.clear();
+        if self.pending_frames > 0 {
+            self.complete_page(0);
+        }
+        Ok(self.pages_out(0))
+    }
+
     /// The logical stream's serial number.
     pub fn serial(&self) -> u32 {
         self.serial

@@ -360,6 +360,60 @@ fn stream_round_trips_through_the_reader_one_whole_page_per_append() {
     assert_matches_source(reader.pcm(), &source, 16_000);
 }
 
+/// `flush` completes a short page with the frames encoded so far (the audio committed goes
+/// out now), keeps a partial frame for the next push, and the stream stays one valid stream
+/// whose pages still add up to what was pushed.
+#[test]
+fn flush_completes_a_short_page_and_keeps_the_partial_frame() {
+    let source = fixture();
+    let mut stream = OpusStream::new(&OpusConfig::default(), 16_000, 9).unwrap();
+    let mut appends: Vec<Vec<u8>> = stream
+        .headers()
+        .iter()
+        .map(|p| p.bytes().to_vec())
+        .collect();
+    let mut audio_samples = 0u64;
+    // 130 ms: one full page, one frame, and 10 ms that is no whole frame.
+    let (first, rest) = source.split_at(2_080);
+    for page in stream.push_pcm(first).unwrap().iter() {
+        audio_samples += u64::from(page.audio_samples());
+        appends.push(page.bytes().to_vec());
+    }
+    assert_eq!(appends.len(), 3);
+    let flushed = stream.flush().unwrap();
+    assert_eq!(flushed.len(), 1, "the page being filled");
+    let short = flushed.get(0).unwrap();
+    assert_eq!(
+        short.audio_samples(),
+        320,
+        "its one whole frame, not the 10 ms after it"
+    );
+    assert_eq!(short.granule(), 6 * 960);
+    audio_samples += u64::from(short.audio_samples());
+    appends.push(short.bytes().to_vec());
+    assert!(
+        stream.flush().unwrap().is_empty(),
+        "nothing more to complete"
+    );
+    for page in stream.push_pcm(rest).unwrap().iter() {
+        audio_samples += u64::from(page.audio_samples());
+        appends.push(page.bytes().to_vec());
+    }
+    for page in stream.finish().unwrap().iter() {
+        audio_samples += u64::from(page.audio_samples());
+        appends.push(page.bytes().to_vec());
+    }
+    assert_eq!(audio_samples, source.len() as u64);
+    assert!(matches!(stream.flush(), Err(OpusError::Finished)));
+    let mut reader = OggOpusReader::new(16_000);
+    for append in &appends {
+        reader.push(append).unwrap();
+    }
+    reader.finish().unwrap();
+    assert_eq!(reader.pages()[3].packets, 1);
+    assert_matches_source(reader.pcm(), &source, 16_000);
+}
+
 #[test]
 fn opusdec_decodes_a_stream_back_to_the_source() {
     let source = fixture();

@@ -20,6 +20,9 @@ pub struct Event {
     /// What happened.
     pub kind: EventKind,
     raw: Option<String>,
+    /// The event's offsets on the device timeline, in ms (see [`Event::device_start_ms`]).
+    device_start_ms: Option<u64>,
+    device_end_ms: Option<u64>,
 }
 
 /// The typed content of an [`Event`].
@@ -160,6 +163,34 @@ pub enum EventKind {
     LinkCaughtUp {
         /// The largest backlog seen while behind, in milliseconds.
         max_behind_ms: u64,
+    },
+    /// `client.session_idle_closed`: the session ended while nobody spoke (the gate's idle
+    /// timeout, or the server closing an idle session). Every sent audio had its result; no
+    /// audio is lost. Nothing is connected until audio (or a commit, or an update) needs the
+    /// service again, which opens a new session ([`EventKind::SessionReopened`]).
+    SessionIdleClosed {
+        /// The session that ended.
+        session_id: Option<String>,
+        /// How long the gate had been closed, in ms of audio, when it asked for the end;
+        /// `None` when the server ended it.
+        idle_ms: Option<u64>,
+        /// True if the server closed it (the gate was closed and every result was in).
+        by_server: bool,
+        /// The close code (1000 for the library's own close).
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+    /// `client.session_reopened`: after a [`EventKind::SessionIdleClosed`], a new session
+    /// was opened (configured as the last one) for the audio that needs it; what was queued
+    /// meanwhile follows as fast as the socket takes it.
+    SessionReopened {
+        /// The new session.
+        session_id: Option<String>,
+        /// From the first attempt to the new session configured, in wall-clock ms.
+        connect_ms: u64,
+        /// Attempts it took (1-based; retries follow the reconnect policy).
+        attempts: u32,
     },
     /// `client.reconnect_failed`: the link died and could not be restored; `client.closed`
     /// follows.
@@ -371,12 +402,49 @@ impl Event {
         Event {
             kind,
             raw: Some(text),
+            device_start_ms: None,
+            device_end_ms: None,
         }
     }
 
     /// An event the library raises itself.
     pub fn client(kind: EventKind) -> Event {
-        Event { kind, raw: None }
+        Event {
+            kind,
+            raw: None,
+            device_start_ms: None,
+            device_end_ms: None,
+        }
+    }
+
+    /// Where the event's `audio_start_ms` lies on the device timeline: ms since the first
+    /// sample appended (or given to the speech gate), counted across gate closes, idle
+    /// session rollovers and reconnects, where the service's own offsets restart or skip
+    /// the audio never sent. `None` when the event has no start offset, or the offset is
+    /// past the audio sent, or older than the stretches remembered.
+    pub fn device_start_ms(&self) -> Option<u64> {
+        self.device_start_ms
+    }
+
+    /// Where the event's `audio_end_ms` lies on the device timeline (see
+    /// [`device_start_ms`](Self::device_start_ms)).
+    pub fn device_end_ms(&self) -> Option<u64> {
+        self.device_end_ms
+    }
+
+    /// The session offsets this event carries, in ms: (`audio_start_ms`, `audio_end_ms`).
+    pub(crate) fn session_offsets_ms(&self) -> (Option<u64>, Option<u64>) {
+        match &self.kind {
+            EventKind::SpeechStarted { audio_start_ms, .. } => (*audio_start_ms, None),
+            EventKind::SpeechStopped { audio_end_ms, .. } => (None, *audio_end_ms),
+            _ => (None, None),
+        }
+    }
+
+    /// Sets the device-timeline positions (by the I/O thread, which knows the mapping).
+    pub(crate) fn set_device_ms(&mut self, start: Option<u64>, end: Option<u64>) {
+        self.device_start_ms = start;
+        self.device_end_ms = end;
     }
 
     /// The exact text of the server frame this event came from (also for
@@ -411,6 +479,8 @@ impl Event {
             EventKind::GateOpened { .. } => "client.gate_opened",
             EventKind::GateClosed { .. } => "client.gate_closed",
             EventKind::LinkCaughtUp { .. } => "client.link_caught_up",
+            EventKind::SessionIdleClosed { .. } => "client.session_idle_closed",
+            EventKind::SessionReopened { .. } => "client.session_reopened",
             EventKind::ReconnectFailed { .. } => "client.reconnect_failed",
         }
     }
@@ -422,9 +492,11 @@ impl Event {
 
     /// One line of JSON: a server event exactly as received, or a `client.…` object for the
     /// library's own events (a malformed frame's text goes in its `text` field).
+    /// A server event carrying offsets gets their device-timeline positions too, as
+    /// `device_audio_start_ms` / `device_audio_end_ms`.
     pub fn to_json_line(&self) -> String {
         if let (Some(raw), false) = (&self.raw, self.is_client()) {
-            return raw.clone();
+            return self.with_device_fields(raw);
         }
         let mut o = serde_json::Map::new();
         o.insert("type".into(), self.type_name().into());
@@ -486,11 +558,55 @@ impl Event {
             EventKind::LinkCaughtUp { max_behind_ms } => {
                 o.insert("max_behind_ms".into(), (*max_behind_ms).into());
             }
+            EventKind::SessionIdleClosed {
+                session_id,
+                idle_ms,
+                by_server,
+                code,
+                reason,
+            } => {
+                o.insert("session_id".into(), session_id.clone().into());
+                o.insert("idle_ms".into(), (*idle_ms).into());
+                o.insert("by_server".into(), (*by_server).into());
+                o.insert("code".into(), (*code).into());
+                o.insert("reason".into(), reason.as_str().into());
+            }
+            EventKind::SessionReopened {
+                session_id,
+                connect_ms,
+                attempts,
+            } => {
+                o.insert("session_id".into(), session_id.clone().into());
+                o.insert("connect_ms".into(), (*connect_ms).into());
+                o.insert("attempts".into(), (*attempts).into());
+            }
             EventKind::ReconnectFailed { attempts, error } => {
                 o.insert("attempts".into(), (*attempts).into());
                 o.insert("error".into(), error.as_str().into());
             }
             _ => {}
+        }
+        Value::Object(o).to_string()
+    }
+}
+
+impl Event {
+    /// The server's text as received, or, when device positions are known, the same object
+    /// with them added (the server's own fields untouched).
+    fn with_device_fields(&self, raw: &str) -> String {
+        if self.device_start_ms.is_none() && self.device_end_ms.is_none() {
+            return raw.to_owned();
+        }
+        let Ok(Value::Object(mut o)) = serde_json::from_str::<Value>(raw) else {
+            return raw.to_owned();
+        };
+        for (key, v) in [
+            ("device_audio_start_ms", self.device_start_ms),
+            ("device_audio_end_ms", self.device_end_ms),
+        ] {
+            if let Some(ms) = v {
+                o.insert(key.into(), ms.into());
+            }
         }
         Value::Object(o).to_string()
     }
@@ -842,6 +958,40 @@ mod tests {
             v["event_id"].as_str().unwrap()
         );
         assert_eq!(frame, exact);
+    }
+
+    #[test]
+    fn device_positions_are_added_to_the_servers_json_and_the_rollover_events_serialise() {
+        let mut e = parse(
+            r#"{"type":"input_audio_buffer.speech_started","audio_start_ms":64,"item_id":"i"}"#,
+        );
+        assert_eq!(e.session_offsets_ms(), (Some(64), None));
+        let untouched = e.to_json_line();
+        e.set_device_ms(Some(20_064), None);
+        assert_eq!(e.device_start_ms(), Some(20_064));
+        let v: Value = serde_json::from_str(&e.to_json_line()).unwrap();
+        assert_eq!(v["device_audio_start_ms"], 20_064);
+        assert_eq!(v["audio_start_ms"], 64);
+        assert!(v.get("device_audio_end_ms").is_none());
+        assert!(!untouched.contains("device_"));
+        let idle = Event::client(EventKind::SessionIdleClosed {
+            session_id: Some("sess_a".into()),
+            idle_ms: Some(30_000),
+            by_server: false,
+            code: 1000,
+            reason: "idle".into(),
+        });
+        let v: Value = serde_json::from_str(&idle.to_json_line()).unwrap();
+        assert_eq!(v["type"], "client.session_idle_closed");
+        assert_eq!(v["idle_ms"], 30_000);
+        let reopened = Event::client(EventKind::SessionReopened {
+            session_id: Some("sess_b".into()),
+            connect_ms: 12,
+            attempts: 1,
+        });
+        let v: Value = serde_json::from_str(&reopened.to_json_line()).unwrap();
+        assert_eq!(v["type"], "client.session_reopened");
+        assert_eq!(v["connect_ms"], 12);
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub(crate) const APPEND_OVERHEAD_BYTES: usize =
     r#"{"event_id":"event_00000000000000000000000000000000","type":"input_audio_buffer.append","audio":""}"#
         .len();
 
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(any(test, feature = "fuzzing", feature = "opus"))]
 /// Writes an `input_audio_buffer.append` frame with the base64 of `pcm` into `out`, reusing its
 /// allocation. Written by hand rather than through a JSON tree: this is the hot path.
 pub(crate) fn write_append_json(out: &mut String, pcm: &[u8]) {

@@ -1014,7 +1014,8 @@ fn server_event(json: String) -> EventKind {
 /// appends of assorted durations, commits, `session.finish`, server events built as JSON and
 /// parsed (`speech_stopped` with offsets near the audio sent, far past it, 2^63-1, 2^64-1,
 /// negative, fractional, missing; `completed`/`failed` with or without item ids;
-/// `session.finished`; noise), loss reports, and new sessions (a reconnect). It checks:
+/// `session.finished`; noise), loss reports, new sessions (a reconnect), speech gate openings
+/// with device positions, and the settling of a quiet gate's hangover. It checks:
 /// - nothing panics;
 /// - the audio held stays within the window, and its text within the memory bound;
 /// - the acknowledged point never goes backwards, never passes the audio sent, and never
@@ -1181,7 +1182,26 @@ pub fn check_replay(data: &[u8]) {
                     r#"{"type":"input_audio_buffer.speech_stopped","item_id":"item_4","audio_end_ms":18446744073709551616}"#,
                     "not json",
                 ];
-                r.observe(&server_event(noise[usize::from(input.u8() % 8)].into()));
+                match input.u8() % 10 {
+                    // A speech gate opening at an assorted device position, and the positions
+                    // of assorted offsets: never a panic, and no effect on the accounting.
+                    8 => {
+                        r.device_jump(input.u64());
+                        for ms in [0, input.u64(), u64::MAX] {
+                            let _ = r.device_ms(ms);
+                        }
+                        assert_eq!(r.accounting(), before, "a device position is not audio");
+                    }
+                    // The gate quiet: the hangover after every answered opening is settled.
+                    9 => {
+                        if r.settle() {
+                            assert_eq!(r.accounting().acked, end_ns, "settled to the end");
+                            assert_eq!(r.pending_ms(), 0);
+                            ackable = end_ns;
+                        }
+                    }
+                    i => r.observe(&server_event(noise[usize::from(i)].into())),
+                }
             }
         }
         let a = r.accounting();

@@ -1,23 +1,28 @@
 //! The speech gate's cost: CPU per audio second (and, with valgrind, instructions per audio
-//! second) on fixtures built in memory, with the share of the audio each one forwards. Run
-//! with `--help`.
+//! second) on fixtures built in memory, with the share of the audio each one forwards; and
+//! with `--onset`, the wall-clock time from an onset to its first partial transcript against
+//! the emulator on loopback, with the idle close on (a new session must be opened first) and
+//! off. Run with `--help`.
 
 #[path = "../../../tests/gate_support/mod.rs"]
 mod gate_support;
 
 use std::process::Command;
 
-use gate_support::{level_dbfs, long_scene, noise, Noise};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use gate_support::{clips, level_dbfs, long_scene, noise, Noise};
+use qwen_asr_emulator::{Emulator, EmulatorConfig};
 use qwen_asr_realtime::audio::resample::Resampler;
-use qwen_asr_realtime::gate::{Gate, GateConfig, Output};
-use qwen_asr_realtime::SessionConfig;
+use qwen_asr_realtime::gate::{Gate, GateConfig, GatedSender, Output};
+use qwen_asr_realtime::{ConnectParams, Conversation, EventKind, SessionConfig};
 
 const USAGE: &str = "\
 gate_bench: CPU and instructions per audio second of the speech gate
 
 usage:
-  cargo build --release --example gate_bench
-  target/release/examples/gate_bench [OPTIONS]
+  cargo run --release -p qwen-asr-bench --features gate --bin gate_bench -- [OPTIONS]
 
 Each scenario is built in memory, then gated in 100 ms chunks; the figure is the thread's
 CPU time (CLOCK_THREAD_CPUTIME_ID) over the best of --repeat runs, divided by the audio
@@ -32,7 +37,15 @@ scenarios:
   day            room noise with 10 % speech (espeak-ng clips): the README's fixture
   day-8k         the same at 8 kHz (the detector runs on a 16 kHz copy)
 
+With --onset, instead: onset to first partial on loopback (the emulator, partials every
+100 ms of speech). Each trial feeds silence until the gate is idle (with the idle close on,
+until the session has been closed), then a spoken clip at real time in 100 ms chunks; the
+figure runs from handing over the chunk on which the gate opened to the first partial
+transcript's arrival. With the idle close on, that includes opening a new session.
+
 options:
+  --onset               measure onset to first partial (idle close on and off)
+  --onset-trials N      trials per mode (default 10)
   --seconds N           audio per scenario (default 600)
   --repeat N            runs per scenario, the fastest kept (default 3)
   --scenario NAME       only this scenario (repeatable; default all)
@@ -45,6 +58,8 @@ const SCENARIOS: [&str; 5] = ["near-silence", "room", "fan", "day", "day-8k"];
 const CHUNK_MS: usize = 100;
 
 struct Options {
+    onset: bool,
+    onset_trials: usize,
     seconds: f64,
     repeat: usize,
     scenarios: Vec<String>,
@@ -58,6 +73,8 @@ struct Options {
 
 fn parse() -> Options {
     let mut o = Options {
+        onset: false,
+        onset_trials: 10,
         seconds: 600.0,
         repeat: 3,
         scenarios: Vec::new(),
@@ -85,6 +102,8 @@ fn parse() -> Options {
                 o.callgrind_seconds = number(args.next(), "--callgrind-seconds")
             }
             "--no-callgrind" => o.callgrind = false,
+            "--onset" => o.onset = true,
+            "--onset-trials" => o.onset_trials = number(args.next(), "--onset-trials") as usize,
             "--child" => o.child = true,
             "--build-only" => o.build_only = true,
             "--scenario" => match args.next() {
@@ -211,8 +230,150 @@ fn callgrind_total(name: &str, seconds: f64, build_only: bool) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// What the event thread reports, with when it read it.
+enum Seen {
+    Partial(Instant),
+    IdleClosed,
+    Completed,
+    /// A new session was opened in this many ms.
+    Reopened(u64),
+}
+
+/// Onset to first partial, in ms, for each trial; and each new session's opening time.
+fn onset_trials(idle_close: bool, trials: usize) -> (Vec<f64>, Vec<f64>) {
+    let fail = |e: &dyn std::fmt::Display| -> ! {
+        eprintln!("gate_bench: {e}");
+        std::process::exit(1)
+    };
+    let emu = Emulator::start(EmulatorConfig {
+        partial_interval_ms: 100,
+        ..EmulatorConfig::default()
+    })
+    .unwrap_or_else(|e| fail(&e));
+    let session = SessionConfig::vad();
+    let params = ConnectParams::new().url(emu.url()).api_key("bench");
+    let conv = Conversation::start(params, &session).unwrap_or_else(|e| fail(&e));
+    const IDLE_MS: u32 = 2_000;
+    let config = GateConfig::for_session(&session);
+    let config = if idle_close {
+        config.idle_timeout_ms(Some(IDLE_MS))
+    } else {
+        config.keep_session_open()
+    };
+    let mut gated = GatedSender::new(conv.audio_sender(), config).unwrap_or_else(|e| fail(&e));
+    let events = conv.take_events().unwrap_or_else(|e| fail(&e));
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for e in events.iter() {
+            let seen = match e.kind {
+                EventKind::Partial(_) => Seen::Partial(Instant::now()),
+                EventKind::SessionIdleClosed { .. } => Seen::IdleClosed,
+                EventKind::Completed(_) => Seen::Completed,
+                EventKind::SessionReopened { connect_ms, .. } => Seen::Reopened(connect_ms),
+                _ => continue,
+            };
+            if tx.send(seen).is_err() {
+                break;
+            }
+        }
+    });
+    let clips = clips();
+    let silence = noise(Noise::Room, f64::from(IDLE_MS) / 1000.0 + 2.0, 7);
+    let chunk = 1600;
+    let mut out = Vec::new();
+    let mut connects = Vec::new();
+    let mut note = |seen: &Seen| {
+        if let Seen::Reopened(ms) = seen {
+            connects.push(*ms as f64);
+        }
+    };
+    for trial in 0..trials {
+        // Quiet until idle: the session closed (idle close on), or the last utterance done.
+        for piece in silence.chunks(chunk) {
+            gated.append_pcm(piece).unwrap_or_else(|e| fail(&e));
+        }
+        if idle_close || trial > 0 {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(Seen::IdleClosed) if idle_close => break,
+                    Ok(Seen::Completed) if !idle_close => break,
+                    Ok(_) => {}
+                    Err(_) => fail(&"the session did not go idle within 20 s"),
+                }
+            }
+        }
+        // The clip, at real time, until its first partial.
+        let clip = &clips[trial % clips.len()];
+        let start = Instant::now();
+        let mut onset = None;
+        let mut first_partial = None;
+        for (i, piece) in clip.chunks(chunk).enumerate() {
+            let due = start + Duration::from_millis(100 * i as u64);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let openings = gated.counters().openings;
+            let handed = Instant::now();
+            gated.append_pcm(piece).unwrap_or_else(|e| fail(&e));
+            if onset.is_none() && gated.counters().openings > openings {
+                onset = Some(handed);
+            }
+            while let Ok(seen) = rx.try_recv() {
+                note(&seen);
+                if let (Seen::Partial(at), Some(_), None) = (seen, onset, first_partial) {
+                    first_partial = Some(at);
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while first_partial.is_none() && Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Seen::Partial(at)) => first_partial = Some(at),
+                Ok(seen) => note(&seen),
+                Err(_) => {}
+            }
+        }
+        match (onset, first_partial) {
+            (Some(o), Some(p)) => out.push(p.saturating_duration_since(o).as_secs_f64() * 1000.0),
+            _ => eprintln!("gate_bench: trial {trial}: no onset or no partial"),
+        }
+    }
+    gated.finish().unwrap_or_else(|e| fail(&e));
+    let _ = conv.end_session_default();
+    drop(conv);
+    let _ = reader.join();
+    emu.shutdown();
+    (out, connects)
+}
+
+fn print_onsets(label: &str, mut ms: Vec<f64>) {
+    ms.sort_by(f64::total_cmp);
+    if ms.is_empty() {
+        println!("{label:<18} no trial completed");
+        return;
+    }
+    let median = ms[ms.len() / 2];
+    println!(
+        "{label:<18} {:>6} {:>10.1} {:>10.1} {:>10.1}",
+        ms.len(),
+        ms[0],
+        median,
+        ms[ms.len() - 1]
+    );
+}
+
 fn main() {
     let o = parse();
+    if o.onset {
+        println!(
+            "{:<18} {:>6} {:>10} {:>10} {:>10}",
+            "onset to partial", "trials", "min ms", "median ms", "max ms"
+        );
+        print_onsets("idle close off", onset_trials(false, o.onset_trials).0);
+        let (onsets, connects) = onset_trials(true, o.onset_trials);
+        print_onsets("idle close on", onsets);
+        print_onsets("  new session", connects);
+        return;
+    }
     if o.child {
         for name in &o.scenarios {
             let (pcm, rate) = build(name, o.seconds);

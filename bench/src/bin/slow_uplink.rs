@@ -38,6 +38,12 @@ Three scenarios, each against a fresh in-process emulator behind a throttling fo
   C  as A, with send_buffer_bytes(None): the kernel autotunes the send buffer
   D  as C, but end_session with its default timeout (Timeouts::end_session, 20 s),
      which the backlog C builds up outlasts
+and two at --narrow-rate (default 8000 B/s: 64 kbit/s, a weak cellular uplink), built
+with --features opus:
+  E  PCM, try_append_pcm with max_backlog(Some(--max-backlog-ms)): the stream needs five
+     times the link, so most of it must be dropped, reported
+  F  the same audio as Ogg Opus (SessionConfig::opus, the defaults: 24 kbit/s), same
+     appends and bound: it fits, nothing should be dropped
 Audio is the shipped hello_16k.wav looped, with silence between the copies so that the
 emulator's VAD ends an utterance each time, appended in 100 ms chunks paced by the wall
 clock, then end_session. Prints a Markdown table; exits 1 if, in any scenario, audio was
@@ -55,7 +61,9 @@ options:
   --rcvbuf N           SO_RCVBUF of the forwarder's accepted socket, in bytes; Linux
                        doubles it (default 4096)
   --end-timeout-secs N end_session's timeout (default 300)
-  --only LIST          run only these scenarios, e.g. --only ab (default abcd)
+  --narrow-rate N      client -> server bytes per second for E and F (default 8000)
+  --only LIST          run only these scenarios, e.g. --only ab (default abcd, and ef
+                       when built with --features opus)
   --quick              10 s of audio, for trying it out (not for numbers)
   -h, --help           this text
 ";
@@ -84,6 +92,7 @@ struct Options {
     max_backlog_ms: u64,
     rcvbuf: usize,
     end_timeout: Duration,
+    narrow_rate: u64,
     only: String,
 }
 
@@ -94,7 +103,12 @@ fn parse_options() -> Options {
         max_backlog_ms: 2_000,
         rcvbuf: 4096,
         end_timeout: Duration::from_secs(300),
-        only: "abcd".into(),
+        narrow_rate: 8_000,
+        only: if cfg!(feature = "opus") {
+            "abcdef".into()
+        } else {
+            "abcd".into()
+        },
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -112,6 +126,7 @@ fn parse_options() -> Options {
             }
             "--secs" => o.secs = num(&a).max(1),
             "--rate" => o.rate = num(&a).max(100),
+            "--narrow-rate" => o.narrow_rate = num(&a).max(100),
             "--max-backlog-ms" => o.max_backlog_ms = num(&a),
             "--rcvbuf" => o.rcvbuf = num(&a) as usize,
             "--end-timeout-secs" => o.end_timeout = Duration::from_secs(num(&a)),
@@ -458,6 +473,10 @@ struct Scenario {
     appends: Appends,
     /// `end_session`'s timeout when not `--end-timeout-secs`.
     end_timeout: Option<Duration>,
+    /// What the session sends: PCM, or Ogg Opus encoded by the library.
+    session: SessionConfig,
+    /// The forwarder's client -> server rate, in bytes per second.
+    rate: u64,
 }
 
 /// What the event reader saw, with times from the first append.
@@ -581,14 +600,13 @@ fn run_scenario(sc: &Scenario, o: &Options, audio: &[i16]) -> Outcome {
         ..EmulatorConfig::default()
     })
     .unwrap_or_else(|e| die("emulator", e));
-    let fwd = Forwarder::start(emulator.local_addr(), o.rate, o.rcvbuf)
+    let fwd = Forwarder::start(emulator.local_addr(), sc.rate, o.rcvbuf)
         .unwrap_or_else(|e| die("forwarder", e));
     let url = emulator
         .url()
         .replacen(&emulator.local_addr().to_string(), &fwd.addr.to_string(), 1);
     let params = sc.params.clone().url(url).api_key("bench").model(MODEL);
-    let conv = Conversation::start(params, &SessionConfig::vad().sample_rate(16000))
-        .unwrap_or_else(|e| die("connect", e));
+    let conv = Conversation::start(params, &sc.session).unwrap_or_else(|e| die("connect", e));
     let client_fd = find_socket_to(fwd.addr);
     out.outq_sampled = client_fd.is_some();
     let t0: Mutex<Option<Instant>> = Mutex::new(None);
@@ -915,14 +933,28 @@ fn print_report(o: &Options, runs: &[(Scenario, Outcome)]) {
     }
 }
 
+/// `pcm`'s session sending Ogg Opus at the encoder's defaults, if the encoder is built in.
+#[cfg(feature = "opus")]
+fn opus_session(pcm: SessionConfig) -> Option<SessionConfig> {
+    Some(pcm.opus(qwen_asr_realtime::opus::OpusConfig::default()))
+}
+
+#[cfg(not(feature = "opus"))]
+fn opus_session(_pcm: SessionConfig) -> Option<SessionConfig> {
+    None
+}
+
 fn main() {
     let o = parse_options();
     let audio = speech(o.secs);
     let mut runs = Vec::new();
-    for name in ["a", "b", "c", "d"] {
+    for name in ["a", "b", "c", "d", "e", "f"] {
         if !o.only.contains(name) {
             continue;
         }
+        let pcm = SessionConfig::vad().sample_rate(16000);
+        let bounded =
+            || ConnectParams::new().max_backlog(Some(Duration::from_millis(o.max_backlog_ms)));
         let sc = match name {
             "a" => Scenario {
                 name: "A",
@@ -930,14 +962,17 @@ fn main() {
                 params: ConnectParams::new(),
                 appends: Appends::Blocking,
                 end_timeout: None,
+                session: pcm,
+                rate: o.rate,
             },
             "b" => Scenario {
                 name: "B",
                 what: format!("try_append, max_backlog {} ms", o.max_backlog_ms),
-                params: ConnectParams::new()
-                    .max_backlog(Some(Duration::from_millis(o.max_backlog_ms))),
+                params: bounded(),
                 appends: Appends::Try,
                 end_timeout: None,
+                session: pcm,
+                rate: o.rate,
             },
             "c" => Scenario {
                 name: "C",
@@ -945,8 +980,10 @@ fn main() {
                 params: ConnectParams::new().send_buffer_bytes(None),
                 appends: Appends::Blocking,
                 end_timeout: None,
+                session: pcm,
+                rate: o.rate,
             },
-            _ => {
+            "d" => {
                 let params = ConnectParams::new().send_buffer_bytes(None);
                 Scenario {
                     name: "D",
@@ -954,8 +991,40 @@ fn main() {
                     end_timeout: Some(params.timeouts.end_session),
                     params,
                     appends: Appends::Blocking,
+                    session: pcm,
+                    rate: o.rate,
                 }
             }
+            "e" => Scenario {
+                name: "E",
+                what: format!(
+                    "PCM at {} B/s, try_append, max_backlog {} ms",
+                    o.narrow_rate, o.max_backlog_ms
+                ),
+                params: bounded(),
+                appends: Appends::Try,
+                end_timeout: None,
+                session: pcm,
+                rate: o.narrow_rate,
+            },
+            _ => match opus_session(pcm) {
+                Some(session) => Scenario {
+                    name: "F",
+                    what: format!(
+                        "Opus at {} B/s, try_append, max_backlog {} ms",
+                        o.narrow_rate, o.max_backlog_ms
+                    ),
+                    params: bounded(),
+                    appends: Appends::Try,
+                    end_timeout: None,
+                    session,
+                    rate: o.narrow_rate,
+                },
+                None => {
+                    eprintln!("scenario F needs the Opus encoder: build with --features opus");
+                    continue;
+                }
+            },
         };
         let out = run_scenario(&sc, &o, &audio);
         runs.push((sc, out));
