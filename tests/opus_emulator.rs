@@ -1,8 +1,9 @@
 //! Ogg Opus sessions against the emulator on loopback: the client's `OpusStream` pages passed
 //! through (`input_audio_format: opus`, `append_bytes`), decoded by the emulator, and the
 //! decoded audio checked against the source speech; broken streams refused with `error`
-//! events; and `opusdec` (opus-tools, the Xiph reference decoder) decoding the stream the
-//! emulator recorded.
+//! events; and `opusdec` (opus-tools, the Xiph reference decoder) decoding the streams the
+//! emulator recorded (what `--record` writes), of a plain session and of the two sessions of a
+//! conversation in the client's encoding mode split by a reconnect.
 
 mod common;
 
@@ -10,9 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use qwen_asr_emulator::{record, transcript_for, AudioDigest, EmulatorConfig, SessionRecord};
+use qwen_asr_emulator::{
+    record, transcript_for, AudioDigest, EmulatorConfig, Fault, FaultAction, SessionRecord,
+};
 use qwen_asr_realtime::opus::{OpusConfig, OpusStream};
-use qwen_asr_realtime::{AudioFormat, Conversation, Event, EventKind, SessionConfig};
+use qwen_asr_realtime::{
+    AudioFormat, Conversation, Event, EventKind, ReconnectPolicy, SessionConfig,
+};
 
 const RATE: u32 = 16_000;
 /// Silence after each spoken phrase: more than the VAD's default 800 ms, so each phrase is an
@@ -433,6 +438,23 @@ fn opusdec_available() -> bool {
     }
 }
 
+/// `opusdec --rate 16000 ogg wav`, and the decoded samples.
+fn opusdec(ogg: &Path, wav_out: &Path) -> Vec<i16> {
+    let run = Command::new("opusdec")
+        .args(["--quiet", "--rate", "16000"])
+        .arg(ogg)
+        .arg(wav_out)
+        .output()
+        .expect("run opusdec");
+    assert!(
+        run.status.success(),
+        "opusdec failed on {}: {}",
+        ogg.display(),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    wav(wav_out)
+}
+
 #[test]
 fn opusdec_decodes_the_stream_the_emulator_recorded_back_to_the_source() {
     if !opusdec_available() {
@@ -455,21 +477,97 @@ fn opusdec_decodes_the_stream_the_emulator_recorded_back_to_the_source() {
     .expect("JSON");
     assert_eq!(summary[0]["opus"], "session-1.opus");
 
-    let out = scratch.0.join("decoded.wav");
-    let run = Command::new("opusdec")
-        .args(["--quiet", "--rate", "16000"])
-        .arg(&recorded)
-        .arg(&out)
-        .output()
-        .expect("run opusdec");
-    assert!(
-        run.status.success(),
-        "opusdec failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let decoded = wav(&out);
+    let decoded = opusdec(&recorded, &scratch.0.join("decoded.wav"));
     compare(&source, &decoded).check("opusdec's decode against the source");
     // Two decoders of the same packets: libopus here, opus-tools' (its own libopus, and a
     // resampler) there.
     compare(&samples(&rec.audio_data), &decoded).check("opusdec's decode against the emulator's");
+}
+
+/// The client encoding (`SessionConfig::opus`) through a dropped connection: the session after
+/// the reconnect is a stream of its own, which the emulator decodes and opusdec reads back, as
+/// `--record` wrote it, to the whole source (manual mode, nothing had a result: all of it is
+/// replayed, re-encoded into the new stream); the cut-off first stream still decodes to the
+/// start of the source.
+#[test]
+fn opusdec_decodes_both_recorded_streams_of_a_session_split_by_a_reconnect() {
+    if !opusdec_available() {
+        return;
+    }
+    let emu = start_emulator(EmulatorConfig {
+        faults: vec![Fault::AfterAppends {
+            n: 12,
+            action: FaultAction::Drop,
+        }],
+        fault_sessions: Some(1),
+        record_audio: true,
+        ..Default::default()
+    });
+    let mut policy = ReconnectPolicy::default();
+    policy.initial_backoff = std::time::Duration::from_millis(20);
+    policy.max_backoff = std::time::Duration::from_millis(200);
+    policy.max_attempts = 20;
+    let conv = Conversation::start(
+        params_for(&emu).reconnect(policy),
+        &SessionConfig::manual().opus(OpusConfig::default()),
+    )
+    .expect("start");
+    let source = speech();
+    let (before, after) = source.split_at(source.len() / 2);
+    for chunk in before.chunks(1_600) {
+        conv.append_pcm(chunk).expect("append");
+    }
+    // Bounded: the drop comes after the twelfth append, the reconnect right after it.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut events = Vec::new();
+    while !events
+        .iter()
+        .any(|e: &Event| matches!(e.kind, EventKind::Reconnected { .. }))
+    {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .unwrap_or_else(|| panic!("no reconnect within {WAIT:?}: {:?}", types(&events)));
+        events.push(conv.recv_timeout(left).expect("an event"));
+    }
+    for chunk in after.chunks(1_600) {
+        conv.append_pcm(chunk).expect("append");
+    }
+    conv.end_session(WAIT).expect("end session");
+    events.extend(collect_until_closed(&conv));
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::AudioDropped { .. })),
+        "{:?}",
+        types(&events)
+    );
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), 2);
+    for s in &sessions {
+        assert_eq!(s.opus_error, None, "the emulator accepted both streams");
+    }
+    // The emulator decoded the second stream to exactly the source's length.
+    assert_eq!(sessions[1].audio.bytes, 2 * source.len() as u64);
+
+    let scratch = Scratch::new("reconnect");
+    record::write_sessions(&scratch.0, &sessions).expect("write record");
+    let second = opusdec(
+        &scratch.0.join("session-2.opus"),
+        &scratch.0.join("session-2.wav"),
+    );
+    compare(&source, &second).check("opusdec's decode of the stream after the reconnect");
+    compare(&samples(&sessions[1].audio_data), &second)
+        .check("opusdec's decode after the reconnect against the emulator's");
+    // The first stream ends without an end-of-stream page (the link died): opusdec still
+    // decodes what it holds, the start of the source.
+    let first = opusdec(
+        &scratch.0.join("session-1.opus"),
+        &scratch.0.join("session-1.wav"),
+    );
+    assert!(
+        first.len() > 1_600 * 5 && first.len() <= before.len(),
+        "{} samples from the cut-off stream",
+        first.len()
+    );
+    compare(&source[..first.len()], &first).check("opusdec's decode of the cut-off stream");
 }
