@@ -28,7 +28,7 @@
 //! `"opus"` with the feature `opus`: then the session's appends must carry one Ogg Opus stream
 //! (RFC 7845: `OpusHead` page first, `OpusTags` next, then audio pages, optionally an
 //! end-of-stream page), which is checked page by page and decoded with libopus at the session's
-//! `sample_rate` ([`ogg_opus`]); the decoded audio then takes the same path as PCM (VAD,
+//! `sample_rate` (the module `ogg_opus`); the decoded audio then takes the same path as PCM (VAD,
 //! digests, records, audio offsets). A broken stream (bad CRC, wrong or missing headers,
 //! another stream's pages, anything after the end of stream, garbage) gets an `error` event,
 //! and the stream is refused: every later append of the session gets an `error` too.
