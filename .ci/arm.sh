@@ -8,7 +8,11 @@
 # alsa-lib at a file PCM through environment variables, which the ARM libasound reads as well),
 # runs both examples against the bundled emulator under qemu (mic through an ALSA file PCM) and
 # reports their size and peak RSS, and checks that arm-unknown-linux-gnueabihf (ARMv6: Pi
-# Zero/1) compiles and links.
+# Zero/1) compiles and links. Everything is built with the feature `opus` (ARM_FEATURES): libopus
+# is C, compiled from source by cmake with each target's cross compiler, so the ARM build is
+# where a broken cross build of it shows (NEON intrinsics on 32-bit ARM did, see Cargo.toml),
+# and the Opus tests (the encoder, the emulator decoding Opus sessions, opusdec decoding what
+# it received) run under qemu with the rest of the suite.
 #
 # Why Debian's own Rust (rustc-web) and not rustup: rustup's ARM std components are not reliably
 # reachable from CI, while Debian ships the aarch64 std as libstd-rust-web-dev:arm64 and the std
@@ -30,6 +34,7 @@
 #   ARM_AARCH64_STD     auto | build-std: how aarch64 gets its std    (default: auto)
 #   ARM_TEST_SKIP       test names to skip under qemu, space-separated (default: none; each
 #                       skip is announced in a banner, for a known qemu-only flake)
+#   ARM_FEATURES        cargo features of the builds and tests       (default: opus)
 
 set -Eeuo pipefail
 
@@ -42,6 +47,9 @@ ARM_ARMV6=${ARM_ARMV6:-1}
 ARM_TEST_TIMEOUT_S=${ARM_TEST_TIMEOUT_S:-900}
 ARM_AARCH64_STD=${ARM_AARCH64_STD:-auto}
 ARM_TEST_SKIP=${ARM_TEST_SKIP:-}
+ARM_FEATURES=${ARM_FEATURES-opus}
+FEATURES=()
+[[ -z $ARM_FEATURES ]] || FEATURES=(--features "$ARM_FEATURES")
 
 AARCH64=aarch64-unknown-linux-gnu
 ARMV7=armv7-unknown-linux-gnueabihf
@@ -158,8 +166,10 @@ plan() {
     [[ -n $RUST_VER ]] || RUST_VER=$(candidate_version rustc-web)
     [[ -n $RUST_VER ]] || die "apt has no rustc-web (Debian 12 bookworm: main has 1.85, bookworm-security newer)."
 
+    # cmake: libopus's build (it needs 3.16; bookworm has 3.25). opus-tools: the tests run the
+    # host's opusdec and opusinfo on what the ARM code wrote.
     PKGS=("rustc-web=$RUST_VER" cargo-web "rust-web-src=$RUST_VER"
-        pkg-config file time qemu-user
+        pkg-config file time qemu-user cmake opus-tools
         gcc-aarch64-linux-gnu libc6-dev-arm64-cross
         gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
         libasound2-dev:arm64 libasound2-dev:armhf)
@@ -332,6 +342,7 @@ step_versions() {
     log "cargo:   $("$CARGO" --version)"
     log "rustup:  $(rustc --version 2>/dev/null || echo 'no rustc on PATH') is what the host build uses"
     log "gcc:     $(aarch64-linux-gnu-gcc --version | head -n1); $(arm-linux-gnueabihf-gcc --version | head -n1)"
+    log "cmake:   $(cmake --version | head -n1) (libopus); features: ${ARM_FEATURES:-none}"
     log "qemu:    $(qemu-aarch64 --version | head -n1)"
     log "libs:    libasound2-dev:arm64 $(installed_version libasound2-dev:arm64)," \
         "libasound2-dev:armhf $(installed_version libasound2-dev:armhf)"
@@ -413,11 +424,11 @@ step_build() { # TARGET
         args+=(--example "$ex")
     done
     log "release examples: ${args[*]:-none yet (examples/ is empty): the library only}"
-    cargo_arm "$1" build --release --lib "${args[@]}"
+    cargo_arm "$1" build --release --lib "${FEATURES[@]}" "${args[@]}"
 }
 
 step_test_compile() { # TARGET
-    cargo_arm "$1" test --no-run
+    cargo_arm "$1" test --no-run "${FEATURES[@]}"
 }
 
 step_test_run() { # TARGET
@@ -430,7 +441,7 @@ step_test_run() { # TARGET
             "These tests still run in the host suite; remove them from ARM_TEST_SKIP once fixed."
         skip=(-- "${skip[@]}")
     fi
-    cargo_cmd "$1" test --no-fail-fast "${skip[@]}"
+    cargo_cmd "$1" test --no-fail-fast "${FEATURES[@]}" "${skip[@]}"
     # timeout kills its whole process group (cargo and qemu) if a test hangs under emulation.
     timeout -k 10 "$ARM_TEST_TIMEOUT_S" "${CMD[@]}" ||
         die "the $1 test suite failed under qemu, or hit ARM_TEST_TIMEOUT_S=$ARM_TEST_TIMEOUT_S s; see above."

@@ -46,7 +46,7 @@ fn recording(faults: Vec<Fault>) -> EmulatorConfig {
 fn read_stream(session: &SessionRecord) -> OggOpusReader {
     let mut reader = OggOpusReader::new(RATE);
     reader
-        .push(&session.audio_data)
+        .push(&session.opus_data)
         .unwrap_or_else(|e| panic!("session {}: not a valid Ogg Opus stream: {e}", session.id));
     reader
 }
@@ -95,7 +95,7 @@ fn opusdec(session: &SessionRecord, name: &str) -> Vec<i16> {
     std::fs::create_dir_all(&dir).unwrap();
     let ogg = dir.join("session.opus");
     let wav = dir.join("decoded.wav");
-    std::fs::write(&ogg, &session.audio_data).unwrap();
+    std::fs::write(&ogg, &session.opus_data).unwrap();
     let tool = |program: &str, args: &[&std::ffi::OsStr]| {
         let out = Command::new(program)
             .args(args)
@@ -204,7 +204,7 @@ fn pcm_appends_leave_as_one_ogg_opus_stream_headers_first_one_page_per_append() 
     // What the WebSocket carried: per page its base64 in a 99-byte append event, in a
     // client frame with an 8-byte header (2, the 16-bit length, the 4-byte mask).
     let secs = source_ms as f64 / 1000.0;
-    let pages_per_s = s.audio_data.len() as f64 / secs;
+    let pages_per_s = s.opus_data.len() as f64 / secs;
     let wire: usize = reader
         .pages()
         .iter()
@@ -352,18 +352,16 @@ fn a_commit_sends_the_page_being_filled_first() {
     assert_eq!(s.items.len(), 2, "the commit's item and the finish's");
     let committed = &s.items[0];
     assert_eq!(committed.start, 0);
-    let mut reader = OggOpusReader::new(RATE);
-    reader
-        .push(&s.audio_data[..committed.audio.bytes as usize])
-        .unwrap();
-    assert!(!reader.has_partial_page(), "the commit came between pages");
+    // The emulator decodes what arrived before the commit: every whole frame of the
+    // utterance, less the pre-skip (the encoder's delay, dropped at the start).
+    let all = read_stream(s);
+    let pre_skip = u64::from(all.head().unwrap().pre_skip) * u64::from(RATE) / 48_000;
     assert_eq!(
-        reader.audio_packets(),
-        51,
+        committed.audio.bytes,
+        2 * (51 * 320 - pre_skip),
         "every whole frame of the utterance was on the wire before its commit"
     );
     // The 10 ms remainder went out with the next audio: nothing lost.
-    let all = read_stream(s);
     all.finish().unwrap();
     assert_eq!(all.pcm().len(), utterance.len() + second.len());
     assert_eq!(conv.stats().appended_ms, 1_530);
@@ -427,7 +425,7 @@ fn an_8khz_session_is_encoded_at_8khz() {
     let s = &emu.sessions()[0];
     assert_eq!(s.config["sample_rate"], 8_000);
     let mut reader = OggOpusReader::new(8_000);
-    reader.push(&s.audio_data).unwrap();
+    reader.push(&s.opus_data).unwrap();
     reader.finish().unwrap();
     assert_eq!(reader.head().unwrap().input_sample_rate, 8_000);
     assert_eq!(reader.pcm().len(), tone.len());

@@ -24,7 +24,14 @@
 //! Transcripts are not speech recognition: each utterance's transcript is
 //! [`transcript_for`] its audio (duration, size and CRC-32), and [`Emulator::sessions`] records
 //! what arrived, so a test can prove that every byte of audio arrived once and in order.
-//! All audio is read as 16-bit little-endian mono PCM, whatever `input_audio_format` says.
+//! Audio is read as 16-bit little-endian mono PCM, whatever `input_audio_format` says, except
+//! `"opus"` with the feature `opus`: then the session's appends must carry one Ogg Opus stream
+//! (RFC 7845: `OpusHead` page first, `OpusTags` next, then audio pages, optionally an
+//! end-of-stream page), which is checked page by page and decoded with libopus at the session's
+//! `sample_rate` (the module `ogg_opus`); the decoded audio then takes the same path as PCM (VAD,
+//! digests, records, audio offsets). A broken stream (bad CRC, wrong or missing headers,
+//! another stream's pages, anything after the end of stream, garbage) gets an `error` event,
+//! and the stream is refused: every later append of the session gets an `error` too.
 //!
 //! ```
 //! use qwen_asr_emulator::{Emulator, EmulatorConfig};
@@ -48,7 +55,8 @@
 //! and joins all of them. Threads are named `qwen-emu<N>-…` ([`Emulator::thread_name_prefix`]).
 //!
 //! Features: `native-tls` (default) serves `wss://` through the system OpenSSL
-//! ([`EmulatorConfig::tls`]); without it the emulator serves `ws://` only.
+//! ([`EmulatorConfig::tls`]); without it the emulator serves `ws://` only. `opus` decodes
+//! Ogg Opus sessions (libopus, built from source: needs cmake and a C compiler).
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -67,6 +75,10 @@ use log::{error, info, warn};
 
 mod conn;
 mod digest;
+#[cfg(feature = "opus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opus")))]
+pub mod ogg_opus;
+pub mod record;
 mod session;
 mod vad;
 
@@ -136,8 +148,9 @@ pub struct EmulatorConfig {
     /// Faults apply to the first this many sessions only (`None`: to every session). A
     /// reconnecting client replays audio, which would otherwise trip the same fault again.
     pub fault_sessions: Option<usize>,
-    /// Keeps every session's audio in [`SessionRecord::audio_data`], for tests that check
-    /// where a replay started. Default off (a long session's audio is large).
+    /// Keeps every session's audio in [`SessionRecord::audio_data`] (and an Opus session's
+    /// received stream in [`SessionRecord::opus_data`]), for tests that check where a replay
+    /// started. Default off (a long session's audio is large).
     pub record_audio: bool,
 }
 
@@ -252,10 +265,18 @@ pub struct SessionRecord {
     /// The session configuration as last echoed: `session.created`'s, then each
     /// `session.updated`'s.
     pub config: serde_json::Value,
-    /// All audio appended in this session, in order.
+    /// All audio appended in this session, in order, as 16-bit little-endian PCM: for an
+    /// Opus session (feature `opus`) the decoded audio.
     pub audio: AudioDigest,
-    /// The audio itself, when [`EmulatorConfig::record_audio`] is on (else empty).
+    /// The audio itself, when [`EmulatorConfig::record_audio`] is on (else empty); decoded, for
+    /// an Opus session.
     pub audio_data: Vec<u8>,
+    /// An Opus session's appends as received (the Ogg stream's bytes, up to and including the
+    /// append that broke it, if one did), when [`EmulatorConfig::record_audio`] is on and the
+    /// feature `opus` decodes them (else empty).
+    pub opus_data: Vec<u8>,
+    /// Why an Opus session's stream was refused (the `error` event's message), if it was.
+    pub opus_error: Option<String>,
     /// One per completed utterance, in order.
     pub items: Vec<ItemRecord>,
     /// Whether `session.finished` was sent.

@@ -4,10 +4,9 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::process::ExitCode;
 
-use qwen_asr_emulator::{Emulator, EmulatorConfig, SessionRecord};
+use qwen_asr_emulator::{record, Emulator, EmulatorConfig};
 
 const USAGE: &str = "\
 qwen-asr-emulator: a local stand-in for the Qwen-ASR-Realtime service on 127.0.0.1
@@ -27,8 +26,10 @@ options:
   --tls-cert PEM           serve wss:// with this certificate chain (with --tls-key)
   --tls-key PEM            ... and this PKCS#8 private key; the URL names localhost
   --record DIR             keep every session's audio; at the end write DIR/session-N.pcm
-                           (16-bit mono, as received) and DIR/sessions.json (each session's
-                           audio digest, items with their place in that audio, close code)
+                           (16-bit mono, as received, or decoded from Opus), for an Opus
+                           session DIR/session-N.opus too (the Ogg stream as received, for
+                           opusdec), and DIR/sessions.json (each session's audio digest,
+                           items with their place in that audio, close code)
   --forever                ignore stdin; serve until killed
   -h, --help               this text
 ";
@@ -153,45 +154,10 @@ fn main() -> ExitCode {
     );
     emulator.shutdown();
     if let Some(dir) = &options.record {
-        if let Err(e) = write_record(dir, &sessions) {
+        if let Err(e) = record::write_sessions(dir.as_ref(), &sessions) {
             eprintln!("error: --record {dir}: {e}");
             return ExitCode::FAILURE;
         }
     }
     ExitCode::SUCCESS
-}
-
-/// Writes each session's audio and a summary of what the emulator saw, for a checker that
-/// compares them with what was played or sent.
-fn write_record(dir: &str, sessions: &[SessionRecord]) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let mut summary = Vec::with_capacity(sessions.len());
-    for (n, s) in sessions.iter().enumerate() {
-        let pcm = format!("session-{}.pcm", n + 1);
-        std::fs::write(Path::new(dir).join(&pcm), &s.audio_data)?;
-        let items: Vec<_> = s
-            .items
-            .iter()
-            .map(|i| {
-                serde_json::json!({
-                    "item_id": i.item_id,
-                    "start": i.start,
-                    "bytes": i.audio.bytes,
-                    "transcript": i.transcript,
-                })
-            })
-            .collect();
-        summary.push(serde_json::json!({
-            "id": s.id,
-            "pcm": pcm,
-            "bytes": s.audio.bytes,
-            "crc32": s.audio.crc32,
-            "appends": s.appends,
-            "items": items,
-            "finished": s.finished,
-            "close_code": s.close_code,
-        }));
-    }
-    let text = serde_json::to_string_pretty(&summary).map_err(io::Error::other)?;
-    std::fs::write(Path::new(dir).join("sessions.json"), text + "\n")
 }

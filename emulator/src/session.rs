@@ -21,7 +21,8 @@ const LANGUAGES: [&str; 27] = [
 
 /// Formats the service accepts for `input_audio_format`: the documentation says `pcm` and
 /// `opus`, the Java SDK sends `pcm16` by default, and a live test saw `wav` accepted. The emulator reads
-/// every format as 16-bit little-endian PCM; it decodes neither Opus nor WAV headers.
+/// every format as 16-bit little-endian PCM (it skips no WAV header), except `opus` when built
+/// with the feature `opus`: an Ogg Opus stream, decoded to PCM.
 const FORMATS: [&str; 4] = ["pcm", "pcm16", "opus", "wav"];
 const SAMPLE_RATES: [u32; 2] = [8000, 16000];
 /// Documented ranges and defaults of `turn_detection`: `threshold` in [-1, 1] (default 0.2),
@@ -111,6 +112,13 @@ pub(crate) struct Session {
     ended: bool,
     /// Keep the audio itself in the record (`EmulatorConfig::record_audio`).
     record_audio: bool,
+    /// An `opus` session's stream reader, made at the first append (the configuration cannot
+    /// change after it).
+    #[cfg(feature = "opus")]
+    opus: Option<crate::ogg_opus::OggOpusReader>,
+    /// Why the `opus` session's stream was refused: every later append gets an error.
+    #[cfg(feature = "opus")]
+    opus_refused: Option<String>,
 }
 
 /// `prefix` followed by 21 random alphanumerics (lowercase hex), like the service's ids.
@@ -159,6 +167,10 @@ impl Session {
             committed: AudioDigest::default(),
             ended: false,
             record_audio,
+            #[cfg(feature = "opus")]
+            opus: None,
+            #[cfg(feature = "opus")]
+            opus_refused: None,
         }
     }
 
@@ -182,6 +194,8 @@ impl Session {
             config: self.session_object(),
             audio: AudioDigest::default(),
             audio_data: Vec::new(),
+            opus_data: Vec::new(),
+            opus_error: None,
             items: Vec::new(),
             finished: false,
             close_code: None,
@@ -493,15 +507,76 @@ impl Session {
                 return;
             }
         };
-        rec.audio.update(&audio);
-        if self.record_audio {
-            rec.audio_data.extend_from_slice(&audio);
-        }
         self.audio_bytes += audio.len() as u64;
+        #[cfg(feature = "opus")]
+        if self.config.input_audio_format == "opus" {
+            self.append_opus(&audio, event_id, rec, out);
+            return;
+        }
+        self.accept_pcm(&audio, rec, out);
+    }
+
+    /// Session audio as 16-bit little-endian PCM, from an append or decoded from Opus: into the
+    /// record, then the VAD or the Manual-mode buffer.
+    fn accept_pcm(&mut self, audio: &[u8], rec: &mut SessionRecord, out: &mut Vec<Reply>) {
+        rec.audio.update(audio);
+        if self.record_audio {
+            rec.audio_data.extend_from_slice(audio);
+        }
         if let Some(td) = self.config.turn_detection {
-            self.feed_vad(&audio, td, rec, out);
+            self.feed_vad(audio, td, rec, out);
         } else {
-            self.buffer.update(&audio);
+            self.buffer.update(audio);
+        }
+    }
+
+    /// One append of an `opus` session: the next bytes of its Ogg Opus stream. Whatever whole
+    /// pages it completes are checked and decoded, and their audio goes on as PCM would. The
+    /// audio of the good pages before a bad one is kept; from the bad one on the stream is
+    /// refused, as a strict server would, and said so on every append.
+    #[cfg(feature = "opus")]
+    fn append_opus(
+        &mut self,
+        ogg: &[u8],
+        event_id: Option<&str>,
+        rec: &mut SessionRecord,
+        out: &mut Vec<Reply>,
+    ) {
+        if let Some(reason) = &self.opus_refused {
+            let message = format!(
+                "Invalid 'audio': this session's Ogg Opus stream was refused earlier ({reason}); \
+                 nothing of this append was decoded."
+            );
+            self.error(out, "invalid_value", message, Some("audio"), event_id);
+            return;
+        }
+        if self.record_audio {
+            rec.opus_data.extend_from_slice(ogg);
+        }
+        let rate = self.config.sample_rate;
+        let mut reader = self
+            .opus
+            .take()
+            .unwrap_or_else(|| crate::ogg_opus::OggOpusReader::new(rate).expect_input_rate(rate));
+        // Page by page: one append may hold many pages, and a page may decode to seconds of
+        // audio, so nothing holds more than one page's audio here.
+        let mut bytes = Vec::new();
+        let result = reader.push_each(ogg, |pcm| {
+            bytes.clear();
+            bytes.extend(pcm.iter().flat_map(|s| s.to_le_bytes()));
+            self.accept_pcm(&bytes, rec, out);
+        });
+        self.opus = Some(reader);
+        if let Err(e) = result {
+            let reason = e.to_string();
+            debug!("emulator {}: Ogg Opus stream refused: {reason}", self.id);
+            let message = format!(
+                "Invalid 'audio': not a valid Ogg Opus stream: {reason}. The stream is refused: \
+                 later appends of this session are not decoded."
+            );
+            self.error(out, "invalid_value", message, Some("audio"), event_id);
+            rec.opus_error = Some(reason.clone());
+            self.opus_refused = Some(reason);
         }
     }
 
