@@ -764,8 +764,32 @@ def opus_slow_link(sc):
     events, sessions, sent, sentences, reconnects = network_common(sc, "speech6")
     drop = dropped_ms(events)
     sc.check(drop == 0, f"Opus keeps up with 128 kbit/s: no audio dropped ({drop} ms)")
+    behind = [e.get("behind_ms") for _, e in events if e["type"] == "client.link_behind"]
+    sc.check(not behind, f"the link never fell behind real time (client.link_behind: {behind})")
     n = len(completed(events))
     sc.check(n == len(sentences), f"one transcript per sentence ({n} for {len(sentences)})")
+    # The emulator decodes what it received: every sentence must be in it, whole, in order
+    # (a lossy codec: compared by envelope, aligned to the sample).
+    recv = b"".join(s["data"] for s in sessions)
+    src_env, recv_env = envelope(sent), envelope(recv)
+    at, whole = 0, 0
+    for a, b, text in sentences:
+        f0, f1 = a // FRAME, b // FRAME
+        pos, c = find_sentence(src_env, recv_env, f0, f1, max(0, f0 - 50), f0 + 50)
+        if pos is not None:
+            off = best_sample_offset(sent[2 * a : 2 * b], recv, pos * FRAME + a % FRAME)
+            c = correlation(envelope(sent[2 * a : 2 * b]), envelope(recv[2 * off : 2 * off + 2 * (b - a)]))
+        sc.say(f"\"{text[:40]}\": envelope correlation {c:.3f} in the decoded audio")
+        whole += c >= MATCHED
+    sc.check(whole == len(sentences), f"every sentence arrived whole ({whole} of {len(sentences)})")
+    opus_bytes = 0
+    for name in os.listdir(sc.path("emu")):
+        if name.endswith(".opus"):
+            opus_bytes += os.path.getsize(sc.path("emu", name))
+    seconds = len(sent) / (BYTES_PER_MS * 1000)
+    sc.say(f"Ogg Opus received: {opus_bytes} bytes for {seconds:.1f} s of audio "
+           f"({opus_bytes / seconds:.0f} B/s; PCM would be {RATE * 2} B/s before base64)")
+    sc.check(0 < opus_bytes / seconds <= 5000, "the Opus stream is at most 5,000 B/s")
 
 
 CHECKS = {

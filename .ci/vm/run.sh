@@ -31,7 +31,7 @@ fi
 target=$(pwd -P)/${CARGO_TARGET_DIR:-target}
 CARGO_TARGET_DIR=$target/vm-build CARGO_PROFILE_RELEASE_LTO=false \
     CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=2 \
-    cargo build --locked -q --release --features gate --example mic --example transcribe_file \
+    cargo build --locked -q --release --features gate,opus --example mic --example transcribe_file \
     --bin qwen-asr-emulator -p qwen-asr-realtime -p qwen-asr-emulator
 bin=$target/vm-build/release/examples
 # The emulator is a binary of its own crate; the scenarios find it beside the examples.
