@@ -14,8 +14,7 @@ const USAGE: &str = "\
 opus_bench: Ogg Opus against PCM for the uplink, on one WAV file (16 kHz mono 16-bit)
 
 usage:
-  cargo build --release --features opus --example opus_bench
-  target/release/examples/opus_bench [OPTIONS] [FILE.wav]
+  cargo run --release -p qwen-asr-bench --features opus --bin opus_bench -- [OPTIONS] [FILE.wav]
 
 FILE defaults to examples/audio/hello_16k.wav. Prints the bytes on the wire per audio second
 (append frames' JSON with base64 audio; PCM in 100 ms chunks), the encoder's CPU per audio
