@@ -173,11 +173,7 @@ mod gate {
         opts: &crate::common::Options,
         capture: CaptureConfig,
     ) -> Result<(Capture, Option<Never>), String> {
-        if opts.gate {
-            return Err(
-                "--gate needs the crate feature `gate` (cargo run --features gate ...)".into(),
-            );
-        }
+        crate::common::refuse_gate(opts)?;
         let mic = conv
             .stream_from_microphone(capture)
             .map_err(|e| crate::common::failure("microphone", e))?;

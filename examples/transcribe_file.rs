@@ -152,11 +152,7 @@ mod gate {
         _conv: &Conversation,
         opts: &crate::common::Options,
     ) -> Result<Option<Never>, String> {
-        if opts.gate {
-            return Err(
-                "--gate needs the crate feature `gate` (cargo run --features gate ...)".into(),
-            );
-        }
+        crate::common::refuse_gate(opts)?;
         Ok(None)
     }
 

@@ -251,6 +251,15 @@ fn try_parse(
     Ok(Some(o))
 }
 
+/// Built without the feature `gate`: `--gate` is refused in one line naming the feature.
+#[cfg(not(feature = "gate"))]
+pub fn refuse_gate(o: &Options) -> Result<(), String> {
+    if o.gate {
+        return Err("--gate needs the crate feature `gate` (cargo run --features gate ...)".into());
+    }
+    Ok(())
+}
+
 /// The session configuration the options ask for.
 pub fn session_config(o: &Options, sample_rate: u32) -> SessionConfig {
     let mut cfg = if o.manual {
