@@ -740,11 +740,12 @@ fn mb(kb: u64) -> String {
 fn print_report(o: &Options, runs: &[(Scenario, Outcome)]) {
     println!(
         "\n{} s of 16 kHz PCM at real time in {CHUNK_MS} ms chunks, client -> server at {} B/s \
-         ({:.0} % of the stream's {:.0} B/s on the wire)\n",
+         ({:.0} % of the stream's {:.0} B/s on the wire; E and F at {} B/s)\n",
         o.secs,
         o.rate,
         o.rate as f64 * 100.0 / (WIRE_BYTES_PER_AUDIO_MS * 1000.0),
-        WIRE_BYTES_PER_AUDIO_MS * 1000.0
+        WIRE_BYTES_PER_AUDIO_MS * 1000.0,
+        o.narrow_rate
     );
     let mut header = String::from("| |");
     let mut rule = String::from("| --- |");
