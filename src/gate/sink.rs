@@ -203,8 +203,8 @@ impl GateControl {
     /// Ends the gate, after the capture has stopped: what it decided is sent (waiting for
     /// room if need be), an open gate closes (with a commit in manual mode) so the last
     /// utterance goes out whole, and the sink takes no more audio. Call it before
-    /// `end_session`. A capture still running meanwhile gets its next chunks refused as
-    /// closed, and stops.
+    /// `end_session`. Stop the capture first: a capture thread still running would wait for
+    /// this call to end (it holds the gate), then have its chunks refused as closed.
     pub fn finish(&self) -> Result<()> {
         let mut inner = lock(&self.inner);
         let inner = &mut *inner;
