@@ -42,17 +42,6 @@ fn fast_reconnect() -> ReconnectPolicy {
     p
 }
 
-/// An emulator that records audio, with `faults` on its first session only (the replay on
-/// the next session must not trip them again).
-fn recording(faults: Vec<Fault>) -> EmulatorConfig {
-    EmulatorConfig {
-        faults,
-        fault_sessions: Some(1),
-        record_audio: true,
-        ..Default::default()
-    }
-}
-
 /// Streams `samples` at full speed, ends the session, and returns every event.
 fn stream_and_finish(conv: &Conversation, samples: &[i16]) -> Vec<Event> {
     for c in samples.chunks(CHUNK) {
@@ -409,13 +398,7 @@ fn replay_is_bounded_by_its_window_and_the_excess_is_reported() {
     let ended = conv.end_session(WAIT);
     let events = collect_until_closed(&conv);
     ended.unwrap_or_else(|e| panic!("{e}: {:?}", types(&events)));
-    let dropped: u64 = events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::AudioDropped { ms, .. } => Some(*ms),
-            _ => None,
-        })
-        .sum();
+    let dropped = dropped_ms(&events);
     let (_, replayed) = reconnected(&events)[0];
     assert!(replayed <= 2000, "replayed {replayed} ms");
     let sessions = emu.sessions();

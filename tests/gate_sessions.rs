@@ -8,9 +8,11 @@ mod gate_support;
 
 use std::time::{Duration, Instant};
 
-use common::{collect_until_closed, params_for, start_emulator, types, WAIT};
+use common::{
+    collect_until_closed, dropped_ms, le_bytes, params_for, recording, start_emulator, types, WAIT,
+};
 use gate_support::{scene, Noise, Scene, RATE};
-use qwen_asr_emulator::{Emulator, EmulatorConfig, Fault, FaultAction, SessionRecord};
+use qwen_asr_emulator::{Emulator, Fault, FaultAction, SessionRecord};
 use qwen_asr_realtime::gate::{Gate, GateConfig, GatedSender, Output};
 use qwen_asr_realtime::{Conversation, Event, EventKind, ReconnectPolicy, SessionConfig};
 
@@ -21,10 +23,6 @@ const IDLE_MS: u32 = 5_000;
 /// timeout), the third after a silence longer than it.
 fn three_utterances() -> Scene {
     scene(Noise::Room, 26.0, &[2.0, 7.0, 20.0], None, 21)
-}
-
-fn bytes_of(pcm: &[i16]) -> Vec<u8> {
-    pcm.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 /// Where `needle` lies in `hay`, if it does (once is enough: the regions differ).
@@ -38,22 +36,12 @@ fn region_sessions(s: &Scene, sessions: &[SessionRecord]) -> Vec<Option<usize>> 
     s.regions
         .iter()
         .map(|r| {
-            let want = bytes_of(&s.pcm[r.clone()]);
+            let want = le_bytes(&s.pcm[r.clone()]);
             sessions
                 .iter()
                 .position(|rec| find(&rec.audio_data, &want).is_some())
         })
         .collect()
-}
-
-fn dropped_ms(events: &[Event]) -> u64 {
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::AudioDropped { ms, .. } => Some(*ms),
-            _ => None,
-        })
-        .sum()
 }
 
 /// Feeds the scene through a gated sender in 100 ms chunks, from `from` to `to` samples.
@@ -136,12 +124,7 @@ fn check_device_offsets(s: &Scene, events: &[Event]) {
 }
 
 fn recording_emulator(faults: Vec<Fault>) -> Emulator {
-    start_emulator(EmulatorConfig {
-        record_audio: true,
-        faults,
-        fault_sessions: Some(1),
-        ..EmulatorConfig::default()
-    })
+    start_emulator(recording(faults))
 }
 
 /// Before: `Output::Idle` was only counted; the session stayed open through the silence, one

@@ -10,6 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::signal::{correlation, rms_envelope};
 use common::*;
 use qwen_asr_emulator::{
     record, transcript_for, AudioDigest, EmulatorConfig, Fault, FaultAction, SessionRecord,
@@ -33,28 +34,12 @@ const MIN_WAVEFORM_CORRELATION: f64 = 0.9;
 /// Correlation of the 10 ms RMS envelopes: what an ear (or a recogniser) would follow.
 const MIN_ENVELOPE_CORRELATION: f64 = 0.98;
 
-fn wav(path: &Path) -> Vec<i16> {
-    let mut r = qwen_asr_realtime::audio::wav::WavReader::open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(r.spec().sample_rate, RATE, "{}", path.display());
-    assert_eq!(r.spec().channels, 1, "{}", path.display());
-    let mut out = Vec::new();
-    let mut buf = [0i16; 4096];
-    loop {
-        let n = r.read_samples(&mut buf).expect("read WAV");
-        if n == 0 {
-            return out;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-}
-
 /// Three spoken phrases (the speech gate's fixtures), each followed by a pause.
 fn speech() -> Vec<i16> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gate");
     let mut out = Vec::new();
     for name in ["lights.wav", "timer.wav", "weather.wav"] {
-        out.extend(wav(&dir.join(name)));
+        out.extend(wav_samples(&dir.join(name), RATE));
         out.resize(out.len() + (RATE * PAUSE_MS / 1000) as usize, 0);
     }
     out
@@ -122,20 +107,6 @@ fn server_errors(events: &[Event]) -> Vec<qwen_asr_realtime::ServerError> {
         .collect()
 }
 
-/// Pearson correlation of two equally long signals.
-fn correlation(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        ab += (x - ma) * (y - mb);
-        aa += (x - ma) * (x - ma);
-        bb += (y - mb) * (y - mb);
-    }
-    ab / (aa * bb).sqrt()
-}
-
 /// Samples either way within which the decode is aligned with the source before comparing
 /// waveforms: opusdec decodes at 48 kHz and resamples to the rate asked for, which shifts the
 /// waveform by a fraction of a millisecond (one sample at 16 kHz, measured), enough to cost a
@@ -165,11 +136,7 @@ fn compare(source: &[i16], decoded: &[i16]) -> Comparison {
             );
         }
     }
-    let env = |s: &[i16]| {
-        s.chunks(RATE as usize / 100)
-            .map(|c| (c.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / c.len() as f64).sqrt())
-            .collect::<Vec<_>>()
-    };
+    let env = |s: &[i16]| rms_envelope(s, RATE as usize / 100);
     Comparison {
         wave: best.0,
         lag: best.1,
@@ -452,7 +419,7 @@ fn opusdec(ogg: &Path, wav_out: &Path) -> Vec<i16> {
         ogg.display(),
         String::from_utf8_lossy(&run.stderr)
     );
-    wav(wav_out)
+    wav_samples(wav_out, RATE)
 }
 
 #[test]
