@@ -4,7 +4,7 @@
 //! these tests require on PATH.
 
 use super::ogg::{self, PageBuilder};
-use super::{OpusConfig, OpusError, OpusStream};
+use super::{OpusConfig, OpusError, OpusStream, Pages};
 use qwen_asr_emulator::ogg_opus::{ogg_crc, OggOpusReader, ReadError};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -121,6 +121,18 @@ fn opusdec(file: &Path, rate: u32) -> Vec<i16> {
     pcm
 }
 
+/// Adds each of `pages` to `appends` as an append of its own; returns the audio samples they
+/// say they hold.
+fn take_pages(pages: &Pages<'_>, appends: &mut Vec<Vec<u8>>) -> u64 {
+    pages
+        .iter()
+        .map(|page| {
+            appends.push(page.bytes().to_vec());
+            u64::from(page.audio_samples())
+        })
+        .sum()
+}
+
 /// Everything one stream sends: the header pages, then the pages of `pcm` pushed in
 /// `chunk`-sample pieces, then the final pages. Each element is one append.
 fn encode(config: &OpusConfig, rate: u32, serial: u32, pcm: &[i16], chunk: usize) -> Vec<Vec<u8>> {
@@ -132,17 +144,10 @@ fn encode(config: &OpusConfig, rate: u32, serial: u32, pcm: &[i16], chunk: usize
         .collect();
     let mut audio_samples = 0u64;
     for piece in pcm.chunks(chunk) {
-        let pages = stream.push_pcm(piece).expect("push");
-        for page in pages.iter() {
-            audio_samples += u64::from(page.audio_samples());
-            appends.push(page.bytes().to_vec());
-        }
+        audio_samples += take_pages(&stream.push_pcm(piece).expect("push"), &mut appends);
     }
     let last = stream.finish().expect("finish");
-    for page in last.iter() {
-        audio_samples += u64::from(page.audio_samples());
-        appends.push(page.bytes().to_vec());
-    }
+    audio_samples += take_pages(&last, &mut appends);
     assert!(last.get(last.len() - 1).expect("a final page").is_eos());
     assert_eq!(
         audio_samples,
@@ -342,10 +347,7 @@ fn flush_completes_a_short_page_and_keeps_the_partial_frame() {
     let mut audio_samples = 0u64;
     // 130 ms: one full page, one frame, and 10 ms that is no whole frame.
     let (first, rest) = source.split_at(2_080);
-    for page in stream.push_pcm(first).unwrap().iter() {
-        audio_samples += u64::from(page.audio_samples());
-        appends.push(page.bytes().to_vec());
-    }
+    audio_samples += take_pages(&stream.push_pcm(first).unwrap(), &mut appends);
     assert_eq!(appends.len(), 3);
     let flushed = stream.flush().unwrap();
     assert_eq!(flushed.len(), 1, "the page being filled");
@@ -362,14 +364,8 @@ fn flush_completes_a_short_page_and_keeps_the_partial_frame() {
         stream.flush().unwrap().is_empty(),
         "nothing more to complete"
     );
-    for page in stream.push_pcm(rest).unwrap().iter() {
-        audio_samples += u64::from(page.audio_samples());
-        appends.push(page.bytes().to_vec());
-    }
-    for page in stream.finish().unwrap().iter() {
-        audio_samples += u64::from(page.audio_samples());
-        appends.push(page.bytes().to_vec());
-    }
+    audio_samples += take_pages(&stream.push_pcm(rest).unwrap(), &mut appends);
+    audio_samples += take_pages(&stream.finish().unwrap(), &mut appends);
     assert_eq!(audio_samples, source.len() as u64);
     assert!(matches!(stream.flush(), Err(OpusError::Finished)));
     let mut reader = OggOpusReader::new(16_000).keep_page_log();
