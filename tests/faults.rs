@@ -10,9 +10,7 @@ use std::time::Duration;
 use common::forwarder::Forwarder;
 use common::*;
 use qwen_asr_emulator::{EmulatorConfig, Fault, FaultAction, SessionRecord};
-use qwen_asr_realtime::{
-    Conversation, Error, Event, EventKind, Keepalive, Phase, ReconnectPolicy, SessionConfig,
-};
+use qwen_asr_realtime::{Conversation, Error, Event, EventKind, Keepalive, Phase, SessionConfig};
 
 const RATE: u32 = 16000;
 const CHUNK: usize = 1600; // 100 ms
@@ -32,14 +30,6 @@ fn distinct_utterances(n: usize) -> (Vec<i16>, Vec<(usize, usize)>) {
         samples.resize(samples.len() + RATE as usize * 12 / 10, 0);
     }
     (samples, tones)
-}
-
-fn fast_reconnect() -> ReconnectPolicy {
-    let mut p = ReconnectPolicy::default();
-    p.initial_backoff = Duration::from_millis(20);
-    p.max_backoff = Duration::from_millis(200);
-    p.max_attempts = 20;
-    p
 }
 
 /// Streams `samples` at full speed, ends the session, and returns every event.

@@ -12,13 +12,9 @@ use std::process::Command;
 
 use common::signal::{correlation, rms_envelope};
 use common::*;
-use qwen_asr_emulator::{
-    record, transcript_for, AudioDigest, EmulatorConfig, Fault, FaultAction, SessionRecord,
-};
+use qwen_asr_emulator::{record, transcript_for, AudioDigest, Fault, FaultAction, SessionRecord};
 use qwen_asr_realtime::opus::{OpusConfig, OpusStream};
-use qwen_asr_realtime::{
-    AudioFormat, Conversation, Event, EventKind, ReconnectPolicy, SessionConfig,
-};
+use qwen_asr_realtime::{AudioFormat, Conversation, Event, EventKind, SessionConfig};
 
 const RATE: u32 = 16_000;
 /// Silence after each spoken phrase: more than the VAD's default 800 ms, so each phrase is an
@@ -76,10 +72,7 @@ fn opus_session(vad: bool) -> SessionConfig {
 /// One session that sends each of `appends` as one `input_audio_buffer.append` (bytes passed
 /// through untouched), then `session.finish`: the client's events and the emulator's record.
 fn run(appends: &[Vec<u8>], config: &SessionConfig) -> (Vec<Event>, SessionRecord) {
-    let emu = start_emulator(EmulatorConfig {
-        record_audio: true,
-        ..Default::default()
-    });
+    let emu = start_emulator(recording(Vec::new()));
     let conv = Conversation::start(params_for(&emu), config).expect("start");
     for a in appends {
         conv.append_bytes(a).expect("append");
@@ -461,21 +454,12 @@ fn opusdec_decodes_both_recorded_streams_of_a_session_split_by_a_reconnect() {
     if !opusdec_available() {
         return;
     }
-    let emu = start_emulator(EmulatorConfig {
-        faults: vec![Fault::AfterAppends {
-            n: 12,
-            action: FaultAction::Drop,
-        }],
-        fault_sessions: Some(1),
-        record_audio: true,
-        ..Default::default()
-    });
-    let mut policy = ReconnectPolicy::default();
-    policy.initial_backoff = std::time::Duration::from_millis(20);
-    policy.max_backoff = std::time::Duration::from_millis(200);
-    policy.max_attempts = 20;
+    let emu = start_emulator(recording(vec![Fault::AfterAppends {
+        n: 12,
+        action: FaultAction::Drop,
+    }]));
     let conv = Conversation::start(
-        params_for(&emu).reconnect(policy),
+        params_for(&emu).reconnect(fast_reconnect()),
         &SessionConfig::manual().opus(OpusConfig::default()),
     )
     .expect("start");

@@ -15,7 +15,7 @@ use qwen_asr_emulator::ogg_opus::OggOpusReader;
 use qwen_asr_emulator::{Fault, FaultAction, SessionRecord};
 use qwen_asr_realtime::opus::OpusConfig;
 use qwen_asr_realtime::{
-    AudioFormat, Conversation, Event, EventKind, ReconnectPolicy, SessionConfig, TryAppendError,
+    AudioFormat, Conversation, Event, EventKind, SessionConfig, TryAppendError,
 };
 
 const RATE: u32 = 16_000;
@@ -162,11 +162,7 @@ fn a_reconnect_starts_a_new_stream_with_fresh_headers_and_re_encodes_the_replay(
         n: 8,
         action: FaultAction::Drop,
     }]));
-    let mut policy = ReconnectPolicy::default();
-    policy.initial_backoff = Duration::from_millis(20);
-    policy.max_backoff = Duration::from_millis(200);
-    policy.max_attempts = 20;
-    let params = params_for(&emu).reconnect(policy);
+    let params = params_for(&emu).reconnect(fast_reconnect());
     let conv = Conversation::start(params, &opus_session()).unwrap();
     let source = speech();
     // The link dies in the middle of the stream, and audio follows the reconnect: the new
@@ -236,10 +232,11 @@ fn after_a_reconnect_the_new_stream_starts_where_the_results_end() {
         n: 27,
         action: FaultAction::Drop,
     }]));
-    let mut policy = ReconnectPolicy::default();
-    policy.initial_backoff = Duration::from_millis(20);
-    policy.max_backoff = Duration::from_millis(200);
-    let conv = Conversation::start(params_for(&emu).reconnect(policy), &opus_session()).unwrap();
+    let conv = Conversation::start(
+        params_for(&emu).reconnect(fast_reconnect()),
+        &opus_session(),
+    )
+    .unwrap();
     let source = speech();
     let (done, rest) = source.split_at(20 * CHUNK);
     let (before, after) = rest.split_at(10 * CHUNK);

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use qwen_asr_emulator::{AudioDigest, Emulator, EmulatorConfig, Fault};
-use qwen_asr_realtime::{ConnectParams, Conversation, Event, EventKind, Timeouts};
+use qwen_asr_realtime::{ConnectParams, Conversation, Event, EventKind, ReconnectPolicy, Timeouts};
 
 /// Every wait in the tests is bounded by this; a hang becomes a failure, not a stuck CI.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -89,6 +89,15 @@ pub fn params_for(emu: &Emulator) -> ConnectParams {
         .url(emu.url())
         .api_key("test-key")
         .timeouts(t)
+}
+
+/// A reconnect policy for loopback: quick retries (20 ms, at most 200 ms apart), 20 of them.
+pub fn fast_reconnect() -> ReconnectPolicy {
+    let mut p = ReconnectPolicy::default();
+    p.initial_backoff = Duration::from_millis(20);
+    p.max_backoff = Duration::from_millis(200);
+    p.max_attempts = 20;
+    p
 }
 
 /// Reads events until `client.closed` (included) or the stream ends, bounded by [`WAIT`].
