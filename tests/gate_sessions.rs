@@ -69,6 +69,17 @@ fn wait_for(conv: &Conversation, seen: &mut Vec<Event>, want: impl Fn(&EventKind
     panic!("not seen within {WAIT:?}: {:?}", types(seen));
 }
 
+/// Waits (bounded) for `n` more transcripts, then ends the session and reads every event up
+/// to `client.closed` into `seen`. Waiting first proves each utterance was completed by the
+/// audio sent, before anything ended the session.
+fn end_after_transcripts(conv: &Conversation, seen: &mut Vec<Event>, n: usize) {
+    for _ in 0..n {
+        wait_for(conv, seen, |k| matches!(k, EventKind::Completed(_)));
+    }
+    conv.end_session(WAIT).unwrap();
+    seen.extend(collect_until_closed(conv));
+}
+
 /// Every speech_started, on the device timeline, falls within a region (the emulator's
 /// energy VAD starts on the clip's first loud frame, a little after the clip's start) and
 /// every region has one (a replay after a reconnect may give one twice); every
@@ -149,13 +160,8 @@ fn idle_close_and_reopen(session: SessionConfig) {
     let mut gated = GatedSender::new(conv.audio_sender(), config).unwrap();
     feed(&mut gated, &s, 0, s.pcm.len());
     gated.finish().unwrap();
-    // The last utterance is completed by the audio sent, before anything ends the session.
     let mut events = Vec::new();
-    for _ in 0..3 {
-        wait_for(&conv, &mut events, |k| matches!(k, EventKind::Completed(_)));
-    }
-    conv.end_session(WAIT).unwrap();
-    events.extend(collect_until_closed(&conv));
+    end_after_transcripts(&conv, &mut events, 3);
 
     let sessions = emu.sessions();
     assert_eq!(sessions.len(), 2, "one rollover: {:?}", types(&events));
@@ -268,9 +274,7 @@ fn keep_open_a_server_closing_an_idle_session_is_no_error_and_the_next_onset_reo
     });
     feed(&mut gated, &s, second, s.pcm.len());
     gated.finish().unwrap();
-    wait_for(&conv, &mut events, |k| matches!(k, EventKind::Completed(_)));
-    conv.end_session(WAIT).unwrap();
-    events.extend(collect_until_closed(&conv));
+    end_after_transcripts(&conv, &mut events, 1);
 
     let kinds = types(&events);
     let idle = events
@@ -320,11 +324,7 @@ fn a_reconnect_while_the_gate_is_open_keeps_every_region_and_its_device_position
     feed(&mut gated, &s, 0, s.pcm.len());
     gated.finish().unwrap();
     let mut events = Vec::new();
-    for _ in 0..2 {
-        wait_for(&conv, &mut events, |k| matches!(k, EventKind::Completed(_)));
-    }
-    conv.end_session(WAIT).unwrap();
-    events.extend(collect_until_closed(&conv));
+    end_after_transcripts(&conv, &mut events, 2);
     let kinds = types(&events);
     assert!(kinds.iter().any(|t| t == "client.reconnected"), "{kinds:?}");
     assert_eq!(dropped_ms(&events), 0, "{kinds:?}");
