@@ -7,9 +7,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use common::opus_tools::{opusdec_to_wav, Scratch};
 use common::signal::{correlation, rms_envelope};
 use common::*;
 use qwen_asr_emulator::{record, transcript_for, AudioDigest, Fault, FaultAction, SessionRecord};
@@ -364,24 +365,6 @@ fn a_broken_stream_gets_an_error_and_is_refused_for_the_rest_of_the_session() {
     }
 }
 
-/// A scratch directory of this test's own, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("qwen-opus-emu-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// True when `opusdec` runs. Without it the test is skipped loudly, except under CI (the
 /// variable `CI` set), which installs opus-tools and so must run it.
 fn opusdec_available() -> bool {
@@ -400,18 +383,7 @@ fn opusdec_available() -> bool {
 
 /// `opusdec --rate 16000 ogg wav`, and the decoded samples.
 fn opusdec(ogg: &Path, wav_out: &Path) -> Vec<i16> {
-    let run = Command::new("opusdec")
-        .args(["--quiet", "--rate", "16000"])
-        .arg(ogg)
-        .arg(wav_out)
-        .output()
-        .expect("run opusdec");
-    assert!(
-        run.status.success(),
-        "opusdec failed on {}: {}",
-        ogg.display(),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    opusdec_to_wav(ogg, RATE, wav_out);
     wav_samples(wav_out, RATE)
 }
 
@@ -425,19 +397,19 @@ fn opusdec_decodes_the_stream_the_emulator_recorded_back_to_the_source() {
     let (_, rec) = run(&pages, &opus_session(true));
     // What `--record DIR` writes.
     let scratch = Scratch::new("record");
-    record::write_sessions(&scratch.0, std::slice::from_ref(&rec)).expect("write record");
-    let recorded = scratch.0.join("session-1.opus");
+    record::write_sessions(scratch.dir(), std::slice::from_ref(&rec)).expect("write record");
+    let recorded = scratch.path("session-1.opus");
     assert_eq!(
         std::fs::read(&recorded).expect("session-1.opus"),
         pages.concat()
     );
     let summary: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(scratch.0.join("sessions.json")).expect("sessions.json"),
+        &std::fs::read(scratch.path("sessions.json")).expect("sessions.json"),
     )
     .expect("JSON");
     assert_eq!(summary[0]["opus"], "session-1.opus");
 
-    let decoded = opusdec(&recorded, &scratch.0.join("decoded.wav"));
+    let decoded = opusdec(&recorded, &scratch.path("decoded.wav"));
     compare(&source, &decoded).check("opusdec's decode against the source");
     // Two decoders of the same packets: libopus here, opus-tools' (its own libopus, and a
     // resampler) there.
@@ -501,10 +473,10 @@ fn opusdec_decodes_both_recorded_streams_of_a_session_split_by_a_reconnect() {
     assert_eq!(sessions[1].audio.bytes, 2 * source.len() as u64);
 
     let scratch = Scratch::new("reconnect");
-    record::write_sessions(&scratch.0, &sessions).expect("write record");
+    record::write_sessions(scratch.dir(), &sessions).expect("write record");
     let second = opusdec(
-        &scratch.0.join("session-2.opus"),
-        &scratch.0.join("session-2.wav"),
+        &scratch.path("session-2.opus"),
+        &scratch.path("session-2.wav"),
     );
     compare(&source, &second).check("opusdec's decode of the stream after the reconnect");
     compare(&samples(&sessions[1].audio_data), &second)
@@ -512,8 +484,8 @@ fn opusdec_decodes_both_recorded_streams_of_a_session_split_by_a_reconnect() {
     // The first stream ends without an end-of-stream page (the link died): opusdec still
     // decodes what it holds, the start of the source.
     let first = opusdec(
-        &scratch.0.join("session-1.opus"),
-        &scratch.0.join("session-1.wav"),
+        &scratch.path("session-1.opus"),
+        &scratch.path("session-1.wav"),
     );
     assert!(
         first.len() > 1_600 * 5 && first.len() <= before.len(),

@@ -9,6 +9,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::opus_tools::{opusdec_to_wav, opusinfo_is_clean, Scratch};
 use common::signal::assert_matches_source;
 use common::*;
 use qwen_asr_emulator::ogg_opus::OggOpusReader;
@@ -45,43 +46,13 @@ fn read_stream(session: &SessionRecord) -> OggOpusReader {
 /// on PATH) makes of a recorded session, after `opusinfo` found nothing to warn about: an
 /// independent check of the stream the client wrote.
 fn opusdec(session: &SessionRecord, name: &str) -> Vec<i16> {
-    use std::process::Command;
-    let dir = std::env::temp_dir().join(format!("qwen-opus-uplink-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ogg = dir.join("session.opus");
-    let wav = dir.join("decoded.wav");
+    let scratch = Scratch::new(&format!("uplink-{name}"));
+    let ogg = scratch.path("session.opus");
+    let wav = scratch.path("decoded.wav");
     std::fs::write(&ogg, &session.opus_data).unwrap();
-    let tool = |program: &str, args: &[&std::ffi::OsStr]| {
-        let out = Command::new(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {program} ({e}): install opus-tools"));
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{program} failed:\n{text}");
-        text
-    };
-    let info = tool("opusinfo", &[ogg.as_os_str()]);
-    assert!(
-        !info.contains("WARNING") && !info.contains("ERROR"),
-        "opusinfo complains:\n{info}"
-    );
-    tool(
-        "opusdec",
-        &[
-            "--quiet".as_ref(),
-            "--rate".as_ref(),
-            "16000".as_ref(),
-            ogg.as_os_str(),
-            wav.as_os_str(),
-        ],
-    );
-    let pcm = wav_samples(&wav, RATE);
-    std::fs::remove_dir_all(&dir).ok();
-    pcm
+    opusinfo_is_clean(&ogg);
+    opusdec_to_wav(&ogg, RATE, &wav);
+    wav_samples(&wav, RATE)
 }
 
 fn append_all(conv: &Conversation, samples: &[i16]) {

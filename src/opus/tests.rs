@@ -6,13 +6,15 @@
 use super::ogg::{self, PageBuilder};
 use super::{OpusConfig, OpusError, OpusStream, Pages};
 use qwen_asr_emulator::ogg_opus::{ogg_crc, OggOpusReader, ReadError};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-// The integration tests' comparison of a decode with its source (std only), shared rather
-// than copied.
+// The integration tests' comparison of a decode with its source and their runner of the
+// reference tools (both std only), shared rather than copied.
+#[path = "../../tests/common/opus_tools.rs"]
+mod opus_tools;
 #[path = "../../tests/common/signal.rs"]
 mod signal;
+use opus_tools::{opusdec_to_wav, opusinfo_is_clean, run_tool, Scratch};
 use signal::assert_matches_source;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/audio/hello_16k.wav");
@@ -30,82 +32,12 @@ fn fixture() -> Vec<i16> {
     pcm
 }
 
-/// A scratch directory of this test's own, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("qwen-opus-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs an opus-tools program. CI installs opus-tools, so a missing program fails the test
-/// rather than skipping it.
-fn run_tool(program: &str, args: &[&std::ffi::OsStr]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} ({e}): install Debian's opus-tools to run the Opus tests")
-        });
-    assert!(
-        out.status.success(),
-        "{program} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Checks a file with opusinfo (opus-tools), which warns about sequence gaps, holes, CRC
-/// errors and granule positions that disagree with the packets' sample counts.
-fn opusinfo_is_clean(file: &Path) {
-    let out = Command::new("opusinfo")
-        .arg(file)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run opusinfo ({e}): install Debian's opus-tools"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "opusinfo failed:\n{text}");
-    assert!(
-        !text.contains("WARNING") && !text.contains("ERROR"),
-        "opusinfo complains:\n{text}"
-    );
-    assert!(
-        text.contains("Playback length"),
-        "opusinfo found no stream:\n{text}"
-    );
-}
-
 /// Decodes an Ogg Opus file with the reference decoder at `rate` Hz, after checking it with
 /// opusinfo.
 fn opusdec(file: &Path, rate: u32) -> Vec<i16> {
     opusinfo_is_clean(file);
     let wav = file.with_extension("dec.wav");
-    let rate_arg = rate.to_string();
-    run_tool(
-        "opusdec",
-        &[
-            "--quiet".as_ref(),
-            "--rate".as_ref(),
-            rate_arg.as_ref(),
-            file.as_os_str(),
-            wav.as_os_str(),
-        ],
-    );
+    opusdec_to_wav(file, rate, &wav);
     let mut r = crate::audio::wav::WavReader::open(&wav).expect("opusdec wrote a WAV");
     assert_eq!(r.spec().sample_rate, rate);
     assert_eq!(r.spec().channels, 1);

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod forwarder;
+pub mod opus_tools;
 pub mod signal;
 
 use std::path::Path;
