@@ -89,9 +89,6 @@ mod sys;
 #[doc(hidden)]
 pub mod __fuzz {
     pub use crate::io::replay::{Accounting, FrameAudio, Replay};
-    /// A strict Ogg Opus reader and decoder, to check what the client sent.
-    #[cfg(feature = "opus")]
-    pub use crate::opus::ogg_read;
 
     /// An `input_audio_buffer.append` frame for `pcm`, as this library writes it.
     pub fn write_append_json(out: &mut String, pcm: &[u8]) {

@@ -10,9 +10,7 @@ use std::time::Duration;
 use common::forwarder::Forwarder;
 use common::*;
 use qwen_asr_emulator::{EmulatorConfig, Fault, FaultAction, SessionRecord};
-use qwen_asr_realtime::{
-    Conversation, Error, Event, EventKind, Keepalive, Phase, ReconnectPolicy, SessionConfig,
-};
+use qwen_asr_realtime::{Conversation, Error, Event, EventKind, Keepalive, Phase, SessionConfig};
 
 const RATE: u32 = 16000;
 const CHUNK: usize = 1600; // 100 ms
@@ -32,25 +30,6 @@ fn distinct_utterances(n: usize) -> (Vec<i16>, Vec<(usize, usize)>) {
         samples.resize(samples.len() + RATE as usize * 12 / 10, 0);
     }
     (samples, tones)
-}
-
-fn fast_reconnect() -> ReconnectPolicy {
-    let mut p = ReconnectPolicy::default();
-    p.initial_backoff = Duration::from_millis(20);
-    p.max_backoff = Duration::from_millis(200);
-    p.max_attempts = 20;
-    p
-}
-
-/// An emulator that records audio, with `faults` on its first session only (the replay on
-/// the next session must not trip them again).
-fn recording(faults: Vec<Fault>) -> EmulatorConfig {
-    EmulatorConfig {
-        faults,
-        fault_sessions: Some(1),
-        record_audio: true,
-        ..Default::default()
-    }
 }
 
 /// Streams `samples` at full speed, ends the session, and returns every event.
@@ -409,13 +388,7 @@ fn replay_is_bounded_by_its_window_and_the_excess_is_reported() {
     let ended = conv.end_session(WAIT);
     let events = collect_until_closed(&conv);
     ended.unwrap_or_else(|e| panic!("{e}: {:?}", types(&events)));
-    let dropped: u64 = events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::AudioDropped { ms, .. } => Some(*ms),
-            _ => None,
-        })
-        .sum();
+    let dropped = dropped_ms(&events);
     let (_, replayed) = reconnected(&events)[0];
     assert!(replayed <= 2000, "replayed {replayed} ms");
     let sessions = emu.sessions();

@@ -8,9 +8,11 @@ mod gate_support;
 
 use std::time::{Duration, Instant};
 
-use common::{collect_until_closed, params_for, start_emulator, types, WAIT};
+use common::{
+    collect_until_closed, dropped_ms, le_bytes, params_for, recording, start_emulator, types, WAIT,
+};
 use gate_support::{scene, Noise, Scene, RATE};
-use qwen_asr_emulator::{Emulator, EmulatorConfig, Fault, FaultAction, SessionRecord};
+use qwen_asr_emulator::{Emulator, Fault, FaultAction, SessionRecord};
 use qwen_asr_realtime::gate::{Gate, GateConfig, GatedSender, Output};
 use qwen_asr_realtime::{Conversation, Event, EventKind, ReconnectPolicy, SessionConfig};
 
@@ -21,10 +23,6 @@ const IDLE_MS: u32 = 5_000;
 /// timeout), the third after a silence longer than it.
 fn three_utterances() -> Scene {
     scene(Noise::Room, 26.0, &[2.0, 7.0, 20.0], None, 21)
-}
-
-fn bytes_of(pcm: &[i16]) -> Vec<u8> {
-    pcm.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 /// Where `needle` lies in `hay`, if it does (once is enough: the regions differ).
@@ -38,22 +36,12 @@ fn region_sessions(s: &Scene, sessions: &[SessionRecord]) -> Vec<Option<usize>> 
     s.regions
         .iter()
         .map(|r| {
-            let want = bytes_of(&s.pcm[r.clone()]);
+            let want = le_bytes(&s.pcm[r.clone()]);
             sessions
                 .iter()
                 .position(|rec| find(&rec.audio_data, &want).is_some())
         })
         .collect()
-}
-
-fn dropped_ms(events: &[Event]) -> u64 {
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::AudioDropped { ms, .. } => Some(*ms),
-            _ => None,
-        })
-        .sum()
 }
 
 /// Feeds the scene through a gated sender in 100 ms chunks, from `from` to `to` samples.
@@ -79,6 +67,17 @@ fn wait_for(conv: &Conversation, seen: &mut Vec<Event>, want: impl Fn(&EventKind
         }
     }
     panic!("not seen within {WAIT:?}: {:?}", types(seen));
+}
+
+/// Waits (bounded) for `n` more transcripts, then ends the session and reads every event up
+/// to `client.closed` into `seen`. Waiting first proves each utterance was completed by the
+/// audio sent, before anything ended the session.
+fn end_after_transcripts(conv: &Conversation, seen: &mut Vec<Event>, n: usize) {
+    for _ in 0..n {
+        wait_for(conv, seen, |k| matches!(k, EventKind::Completed(_)));
+    }
+    conv.end_session(WAIT).unwrap();
+    seen.extend(collect_until_closed(conv));
 }
 
 /// Every speech_started, on the device timeline, falls within a region (the emulator's
@@ -136,12 +135,7 @@ fn check_device_offsets(s: &Scene, events: &[Event]) {
 }
 
 fn recording_emulator(faults: Vec<Fault>) -> Emulator {
-    start_emulator(EmulatorConfig {
-        record_audio: true,
-        faults,
-        fault_sessions: Some(1),
-        ..EmulatorConfig::default()
-    })
+    start_emulator(recording(faults))
 }
 
 /// Before: `Output::Idle` was only counted; the session stayed open through the silence, one
@@ -166,13 +160,8 @@ fn idle_close_and_reopen(session: SessionConfig) {
     let mut gated = GatedSender::new(conv.audio_sender(), config).unwrap();
     feed(&mut gated, &s, 0, s.pcm.len());
     gated.finish().unwrap();
-    // The last utterance is completed by the audio sent, before anything ends the session.
     let mut events = Vec::new();
-    for _ in 0..3 {
-        wait_for(&conv, &mut events, |k| matches!(k, EventKind::Completed(_)));
-    }
-    conv.end_session(WAIT).unwrap();
-    events.extend(collect_until_closed(&conv));
+    end_after_transcripts(&conv, &mut events, 3);
 
     let sessions = emu.sessions();
     assert_eq!(sessions.len(), 2, "one rollover: {:?}", types(&events));
@@ -285,9 +274,7 @@ fn keep_open_a_server_closing_an_idle_session_is_no_error_and_the_next_onset_reo
     });
     feed(&mut gated, &s, second, s.pcm.len());
     gated.finish().unwrap();
-    wait_for(&conv, &mut events, |k| matches!(k, EventKind::Completed(_)));
-    conv.end_session(WAIT).unwrap();
-    events.extend(collect_until_closed(&conv));
+    end_after_transcripts(&conv, &mut events, 1);
 
     let kinds = types(&events);
     let idle = events
@@ -337,11 +324,7 @@ fn a_reconnect_while_the_gate_is_open_keeps_every_region_and_its_device_position
     feed(&mut gated, &s, 0, s.pcm.len());
     gated.finish().unwrap();
     let mut events = Vec::new();
-    for _ in 0..2 {
-        wait_for(&conv, &mut events, |k| matches!(k, EventKind::Completed(_)));
-    }
-    conv.end_session(WAIT).unwrap();
-    events.extend(collect_until_closed(&conv));
+    end_after_transcripts(&conv, &mut events, 2);
     let kinds = types(&events);
     assert!(kinds.iter().any(|t| t == "client.reconnected"), "{kinds:?}");
     assert_eq!(dropped_ms(&events), 0, "{kinds:?}");

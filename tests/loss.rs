@@ -18,16 +18,6 @@ const RATE: u32 = 16000;
 /// 100 ms at 16 kHz.
 const CHUNK: usize = 1600;
 
-fn dropped_ms(events: &[Event]) -> u64 {
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::AudioDropped { ms, .. } => Some(*ms),
-            _ => None,
-        })
-        .sum()
-}
-
 fn assert_closed_last(events: &[Event]) {
     assert!(
         matches!(

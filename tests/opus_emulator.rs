@@ -7,17 +7,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use common::opus_tools::{opusdec_to_wav, Scratch};
+use common::signal::{correlation, rms_envelope};
 use common::*;
-use qwen_asr_emulator::{
-    record, transcript_for, AudioDigest, EmulatorConfig, Fault, FaultAction, SessionRecord,
-};
+use qwen_asr_emulator::{record, transcript_for, AudioDigest, Fault, FaultAction, SessionRecord};
 use qwen_asr_realtime::opus::{OpusConfig, OpusStream};
-use qwen_asr_realtime::{
-    AudioFormat, Conversation, Event, EventKind, ReconnectPolicy, SessionConfig,
-};
+use qwen_asr_realtime::{AudioFormat, Conversation, Event, EventKind, SessionConfig};
 
 const RATE: u32 = 16_000;
 /// Silence after each spoken phrase: more than the VAD's default 800 ms, so each phrase is an
@@ -33,28 +31,12 @@ const MIN_WAVEFORM_CORRELATION: f64 = 0.9;
 /// Correlation of the 10 ms RMS envelopes: what an ear (or a recogniser) would follow.
 const MIN_ENVELOPE_CORRELATION: f64 = 0.98;
 
-fn wav(path: &Path) -> Vec<i16> {
-    let mut r = qwen_asr_realtime::audio::wav::WavReader::open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(r.spec().sample_rate, RATE, "{}", path.display());
-    assert_eq!(r.spec().channels, 1, "{}", path.display());
-    let mut out = Vec::new();
-    let mut buf = [0i16; 4096];
-    loop {
-        let n = r.read_samples(&mut buf).expect("read WAV");
-        if n == 0 {
-            return out;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-}
-
 /// Three spoken phrases (the speech gate's fixtures), each followed by a pause.
 fn speech() -> Vec<i16> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gate");
     let mut out = Vec::new();
     for name in ["lights.wav", "timer.wav", "weather.wav"] {
-        out.extend(wav(&dir.join(name)));
+        out.extend(wav_samples(&dir.join(name), RATE));
         out.resize(out.len() + (RATE * PAUSE_MS / 1000) as usize, 0);
     }
     out
@@ -91,10 +73,7 @@ fn opus_session(vad: bool) -> SessionConfig {
 /// One session that sends each of `appends` as one `input_audio_buffer.append` (bytes passed
 /// through untouched), then `session.finish`: the client's events and the emulator's record.
 fn run(appends: &[Vec<u8>], config: &SessionConfig) -> (Vec<Event>, SessionRecord) {
-    let emu = start_emulator(EmulatorConfig {
-        record_audio: true,
-        ..Default::default()
-    });
+    let emu = start_emulator(recording(Vec::new()));
     let conv = Conversation::start(params_for(&emu), config).expect("start");
     for a in appends {
         conv.append_bytes(a).expect("append");
@@ -120,20 +99,6 @@ fn server_errors(events: &[Event]) -> Vec<qwen_asr_realtime::ServerError> {
             _ => None,
         })
         .collect()
-}
-
-/// Pearson correlation of two equally long signals.
-fn correlation(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        ab += (x - ma) * (y - mb);
-        aa += (x - ma) * (x - ma);
-        bb += (y - mb) * (y - mb);
-    }
-    ab / (aa * bb).sqrt()
 }
 
 /// Samples either way within which the decode is aligned with the source before comparing
@@ -165,11 +130,7 @@ fn compare(source: &[i16], decoded: &[i16]) -> Comparison {
             );
         }
     }
-    let env = |s: &[i16]| {
-        s.chunks(RATE as usize / 100)
-            .map(|c| (c.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / c.len() as f64).sqrt())
-            .collect::<Vec<_>>()
-    };
+    let env = |s: &[i16]| rms_envelope(s, RATE as usize / 100);
     Comparison {
         wave: best.0,
         lag: best.1,
@@ -404,24 +365,6 @@ fn a_broken_stream_gets_an_error_and_is_refused_for_the_rest_of_the_session() {
     }
 }
 
-/// A scratch directory of this test's own, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("qwen-opus-emu-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// True when `opusdec` runs. Without it the test is skipped loudly, except under CI (the
 /// variable `CI` set), which installs opus-tools and so must run it.
 fn opusdec_available() -> bool {
@@ -440,19 +383,8 @@ fn opusdec_available() -> bool {
 
 /// `opusdec --rate 16000 ogg wav`, and the decoded samples.
 fn opusdec(ogg: &Path, wav_out: &Path) -> Vec<i16> {
-    let run = Command::new("opusdec")
-        .args(["--quiet", "--rate", "16000"])
-        .arg(ogg)
-        .arg(wav_out)
-        .output()
-        .expect("run opusdec");
-    assert!(
-        run.status.success(),
-        "opusdec failed on {}: {}",
-        ogg.display(),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    wav(wav_out)
+    opusdec_to_wav(ogg, RATE, wav_out);
+    wav_samples(wav_out, RATE)
 }
 
 #[test]
@@ -465,19 +397,19 @@ fn opusdec_decodes_the_stream_the_emulator_recorded_back_to_the_source() {
     let (_, rec) = run(&pages, &opus_session(true));
     // What `--record DIR` writes.
     let scratch = Scratch::new("record");
-    record::write_sessions(&scratch.0, std::slice::from_ref(&rec)).expect("write record");
-    let recorded = scratch.0.join("session-1.opus");
+    record::write_sessions(scratch.dir(), std::slice::from_ref(&rec)).expect("write record");
+    let recorded = scratch.path("session-1.opus");
     assert_eq!(
         std::fs::read(&recorded).expect("session-1.opus"),
         pages.concat()
     );
     let summary: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(scratch.0.join("sessions.json")).expect("sessions.json"),
+        &std::fs::read(scratch.path("sessions.json")).expect("sessions.json"),
     )
     .expect("JSON");
     assert_eq!(summary[0]["opus"], "session-1.opus");
 
-    let decoded = opusdec(&recorded, &scratch.0.join("decoded.wav"));
+    let decoded = opusdec(&recorded, &scratch.path("decoded.wav"));
     compare(&source, &decoded).check("opusdec's decode against the source");
     // Two decoders of the same packets: libopus here, opus-tools' (its own libopus, and a
     // resampler) there.
@@ -494,21 +426,12 @@ fn opusdec_decodes_both_recorded_streams_of_a_session_split_by_a_reconnect() {
     if !opusdec_available() {
         return;
     }
-    let emu = start_emulator(EmulatorConfig {
-        faults: vec![Fault::AfterAppends {
-            n: 12,
-            action: FaultAction::Drop,
-        }],
-        fault_sessions: Some(1),
-        record_audio: true,
-        ..Default::default()
-    });
-    let mut policy = ReconnectPolicy::default();
-    policy.initial_backoff = std::time::Duration::from_millis(20);
-    policy.max_backoff = std::time::Duration::from_millis(200);
-    policy.max_attempts = 20;
+    let emu = start_emulator(recording(vec![Fault::AfterAppends {
+        n: 12,
+        action: FaultAction::Drop,
+    }]));
     let conv = Conversation::start(
-        params_for(&emu).reconnect(policy),
+        params_for(&emu).reconnect(fast_reconnect()),
         &SessionConfig::manual().opus(OpusConfig::default()),
     )
     .expect("start");
@@ -550,10 +473,10 @@ fn opusdec_decodes_both_recorded_streams_of_a_session_split_by_a_reconnect() {
     assert_eq!(sessions[1].audio.bytes, 2 * source.len() as u64);
 
     let scratch = Scratch::new("reconnect");
-    record::write_sessions(&scratch.0, &sessions).expect("write record");
+    record::write_sessions(scratch.dir(), &sessions).expect("write record");
     let second = opusdec(
-        &scratch.0.join("session-2.opus"),
-        &scratch.0.join("session-2.wav"),
+        &scratch.path("session-2.opus"),
+        &scratch.path("session-2.wav"),
     );
     compare(&source, &second).check("opusdec's decode of the stream after the reconnect");
     compare(&samples(&sessions[1].audio_data), &second)
@@ -561,8 +484,8 @@ fn opusdec_decodes_both_recorded_streams_of_a_session_split_by_a_reconnect() {
     // The first stream ends without an end-of-stream page (the link died): opusdec still
     // decodes what it holds, the start of the source.
     let first = opusdec(
-        &scratch.0.join("session-1.opus"),
-        &scratch.0.join("session-1.wav"),
+        &scratch.path("session-1.opus"),
+        &scratch.path("session-1.wav"),
     );
     assert!(
         first.len() > 1_600 * 5 && first.len() <= before.len(),

@@ -1,6 +1,6 @@
 //! The Opus uplink end to end, against the emulator on loopback: PCM handed to `append_pcm`
 //! leaves as one Ogg Opus stream per session, and the emulator's record of the appended
-//! bytes is read back with the strict test-side reader and decoded, then compared with the
+//! bytes is read back with the emulator's strict Ogg Opus reader and decoded, then compared with the
 //! source (through a lossy codec: envelopes and waveform correlation, not bytes); a plain
 //! session's stream and the stream after a reconnect are also decoded by the Xiph reference
 //! decoder (`opusdec`, opus-tools, required on PATH as for the other Opus tests).
@@ -9,12 +9,14 @@ mod common;
 
 use std::time::Duration;
 
+use common::opus_tools::{opusdec_to_wav, opusinfo_is_clean, Scratch};
+use common::signal::assert_matches_source;
 use common::*;
-use qwen_asr_emulator::{EmulatorConfig, Fault, FaultAction, SessionRecord};
-use qwen_asr_realtime::__fuzz::ogg_read::OggOpusReader;
+use qwen_asr_emulator::ogg_opus::OggOpusReader;
+use qwen_asr_emulator::{Fault, FaultAction, SessionRecord};
 use qwen_asr_realtime::opus::OpusConfig;
 use qwen_asr_realtime::{
-    AudioFormat, Conversation, Event, EventKind, ReconnectPolicy, SessionConfig, TryAppendError,
+    AudioFormat, Conversation, Event, EventKind, SessionConfig, TryAppendError,
 };
 
 const RATE: u32 = 16_000;
@@ -23,127 +25,34 @@ const CHUNK: usize = 1_600;
 
 /// The speech fixture's samples.
 fn speech() -> Vec<i16> {
-    shipped_wav_pcm()
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect()
+    shipped_wav_samples()
 }
 
 fn opus_session() -> SessionConfig {
     SessionConfig::manual().opus(OpusConfig::default())
 }
 
-fn recording(faults: Vec<Fault>) -> EmulatorConfig {
-    EmulatorConfig {
-        faults,
-        fault_sessions: Some(1),
-        record_audio: true,
-        ..Default::default()
-    }
-}
-
-/// Reads one session's appended bytes as an Ogg Opus stream, decoding at the source's rate.
+/// Reads one session's appended bytes as an Ogg Opus stream, decoding at the source's rate,
+/// with a log of its pages.
 fn read_stream(session: &SessionRecord) -> OggOpusReader {
-    let mut reader = OggOpusReader::new(RATE);
+    let mut reader = OggOpusReader::new(RATE).keep_page_log();
     reader
         .push(&session.opus_data)
         .unwrap_or_else(|e| panic!("session {}: not a valid Ogg Opus stream: {e}", session.id));
     reader
 }
 
-/// Pearson correlation of two equally long signals.
-fn correlation(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        ab += (x - ma) * (y - mb);
-        aa += (x - ma) * (x - ma);
-        bb += (y - mb) * (y - mb);
-    }
-    ab / (aa * bb).sqrt()
-}
-
-/// RMS per 20 ms window.
-fn envelope(pcm: &[i16]) -> Vec<f64> {
-    pcm.chunks((RATE / 50) as usize)
-        .map(|c| (c.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / c.len() as f64).sqrt())
-        .collect()
-}
-
-/// Decoded audio of the source's length whose 20 ms envelope and waveform follow the
-/// source's: through libopus at the defaults the speech fixture gives about 0.999 and 0.9;
-/// the same decode one pre-skip (6.5 ms) off gives 0.02 and under 0.87.
-fn assert_matches_source(decoded: &[i16], source: &[i16]) {
-    assert_eq!(decoded.len(), source.len(), "decoded length");
-    let env = correlation(&envelope(decoded), &envelope(source));
-    let wave = correlation(
-        &decoded.iter().map(|&s| f64::from(s)).collect::<Vec<_>>(),
-        &source.iter().map(|&s| f64::from(s)).collect::<Vec<_>>(),
-    );
-    assert!(env > 0.98, "envelope correlation {env:.3}");
-    assert!(wave > 0.85, "waveform correlation {wave:.3}");
-}
-
 /// What the Xiph reference decoder (`opusdec` from opus-tools, which the Opus tests require
 /// on PATH) makes of a recorded session, after `opusinfo` found nothing to warn about: an
 /// independent check of the stream the client wrote.
 fn opusdec(session: &SessionRecord, name: &str) -> Vec<i16> {
-    use std::process::Command;
-    let dir = std::env::temp_dir().join(format!("qwen-opus-uplink-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ogg = dir.join("session.opus");
-    let wav = dir.join("decoded.wav");
+    let scratch = Scratch::new(&format!("uplink-{name}"));
+    let ogg = scratch.path("session.opus");
+    let wav = scratch.path("decoded.wav");
     std::fs::write(&ogg, &session.opus_data).unwrap();
-    let tool = |program: &str, args: &[&std::ffi::OsStr]| {
-        let out = Command::new(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {program} ({e}): install opus-tools"));
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{program} failed:\n{text}");
-        text
-    };
-    let info = tool("opusinfo", &[ogg.as_os_str()]);
-    assert!(
-        !info.contains("WARNING") && !info.contains("ERROR"),
-        "opusinfo complains:\n{info}"
-    );
-    tool(
-        "opusdec",
-        &[
-            "--quiet".as_ref(),
-            "--rate".as_ref(),
-            "16000".as_ref(),
-            ogg.as_os_str(),
-            wav.as_os_str(),
-        ],
-    );
-    let mut r = qwen_asr_realtime::audio::wav::WavReader::open(&wav).unwrap();
-    let mut pcm = vec![0i16; r.len_samples().unwrap() as usize];
-    let mut at = 0;
-    while at < pcm.len() {
-        let n = r.read_samples(&mut pcm[at..]).unwrap();
-        assert!(n > 0, "opusdec's WAV is shorter than its header says");
-        at += n;
-    }
-    std::fs::remove_dir_all(&dir).ok();
-    pcm
-}
-
-fn dropped_ms(events: &[Event]) -> u64 {
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::AudioDropped { ms, .. } => Some(*ms),
-            _ => None,
-        })
-        .sum()
+    opusinfo_is_clean(&ogg);
+    opusdec_to_wav(&ogg, RATE, &wav);
+    wav_samples(&wav, RATE)
 }
 
 fn append_all(conv: &Conversation, samples: &[i16]) {
@@ -184,13 +93,13 @@ fn pcm_appends_leave_as_one_ogg_opus_stream_headers_first_one_page_per_append() 
     // The reader has checked that OpusHead and OpusTags come first, each alone on its page;
     // as many pages as appends means every append carried exactly one whole page.
     assert_eq!(
-        reader.pages().len() as u64,
+        reader.page_log().len() as u64,
         s.appends,
         "one page per append"
     );
     assert!(s.appends > 2, "audio pages after the headers");
-    assert_matches_source(reader.pcm(), &source);
-    assert_matches_source(&opusdec(s, "plain"), &source);
+    assert_matches_source(reader.pcm(), &source, RATE);
+    assert_matches_source(&opusdec(s, "plain"), &source, RATE);
     // The end-of-stream page came before session.finish: the emulator's last item (the
     // buffer taken at session.finish) runs to the end of what was appended.
     let last = s.items.last().expect("an item at session.finish");
@@ -206,7 +115,7 @@ fn pcm_appends_leave_as_one_ogg_opus_stream_headers_first_one_page_per_append() 
     let secs = source_ms as f64 / 1000.0;
     let pages_per_s = s.opus_data.len() as f64 / secs;
     let wire: usize = reader
-        .pages()
+        .page_log()
         .iter()
         .map(|p| 8 + 99 + p.bytes.div_ceil(3) * 4)
         .sum();
@@ -224,11 +133,7 @@ fn a_reconnect_starts_a_new_stream_with_fresh_headers_and_re_encodes_the_replay(
         n: 8,
         action: FaultAction::Drop,
     }]));
-    let mut policy = ReconnectPolicy::default();
-    policy.initial_backoff = Duration::from_millis(20);
-    policy.max_backoff = Duration::from_millis(200);
-    policy.max_attempts = 20;
-    let params = params_for(&emu).reconnect(policy);
+    let params = params_for(&emu).reconnect(fast_reconnect());
     let conv = Conversation::start(params, &opus_session()).unwrap();
     let source = speech();
     // The link dies in the middle of the stream, and audio follows the reconnect: the new
@@ -254,11 +159,11 @@ fn a_reconnect_starts_a_new_stream_with_fresh_headers_and_re_encodes_the_replay(
     assert_eq!(sessions.len(), 2);
     let first = read_stream(&sessions[0]);
     assert!(!first.is_ended(), "the first stream was cut off");
-    assert!(first.head().is_some() && first.pages().len() == 8);
+    assert!(first.head().is_some() && first.page_log().len() == 8);
     let second = read_stream(&sessions[1]);
     second.finish().expect("the second stream is whole");
     assert_ne!(first.serial(), second.serial(), "a new logical stream");
-    assert_eq!(second.pages()[0].granule, 0);
+    assert_eq!(second.page_log()[0].granule, 0);
     // Nothing had its result when the link died (manual mode, no commit): all that had been
     // sent by then was replayed (what was still queued went after it), and the new stream
     // decodes to the whole source.
@@ -267,8 +172,8 @@ fn a_reconnect_starts_a_new_stream_with_fresh_headers_and_re_encodes_the_replay(
         "replayed {} ms",
         replays[0]
     );
-    assert_matches_source(second.pcm(), &source);
-    assert_matches_source(&opusdec(&sessions[1], "reconnect"), &source);
+    assert_matches_source(second.pcm(), &source, RATE);
+    assert_matches_source(&opusdec(&sessions[1], "reconnect"), &source, RATE);
     let stats = conv.stats();
     assert_eq!(
         stats.appended_ms,
@@ -298,10 +203,11 @@ fn after_a_reconnect_the_new_stream_starts_where_the_results_end() {
         n: 27,
         action: FaultAction::Drop,
     }]));
-    let mut policy = ReconnectPolicy::default();
-    policy.initial_backoff = Duration::from_millis(20);
-    policy.max_backoff = Duration::from_millis(200);
-    let conv = Conversation::start(params_for(&emu).reconnect(policy), &opus_session()).unwrap();
+    let conv = Conversation::start(
+        params_for(&emu).reconnect(fast_reconnect()),
+        &opus_session(),
+    )
+    .unwrap();
     let source = speech();
     let (done, rest) = source.split_at(20 * CHUNK);
     let (before, after) = rest.split_at(10 * CHUNK);
@@ -323,8 +229,8 @@ fn after_a_reconnect_the_new_stream_starts_where_the_results_end() {
     assert_eq!(sessions.len(), 2);
     let second = read_stream(&sessions[1]);
     second.finish().expect("the second stream is whole");
-    assert_eq!(second.pages()[0].granule, 0);
-    assert_matches_source(second.pcm(), rest);
+    assert_eq!(second.page_log()[0].granule, 0);
+    assert_matches_source(second.pcm(), rest, RATE);
     assert_eq!(dropped_ms(&events), 0, "{:?}", types(&events));
     assert_eq!(
         conv.stats().appended_ms,
@@ -492,5 +398,5 @@ fn capture_feeds_the_encoder() {
     let s = &emu.sessions()[0];
     let reader = read_stream(s);
     reader.finish().unwrap();
-    assert_matches_source(reader.pcm(), &source[..RATE as usize]);
+    assert_matches_source(reader.pcm(), &source[..RATE as usize], RATE);
 }

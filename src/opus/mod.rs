@@ -75,12 +75,6 @@ mod config;
 pub mod ogg;
 mod stream;
 
-// A reader and decoder for checking what was sent: this crate's tests, and the integration
-// tests through the hidden `__fuzz` module; not an API.
-#[cfg(any(test, feature = "fuzzing"))]
-#[doc(hidden)]
-#[allow(missing_docs, missing_debug_implementations)]
-pub mod ogg_read;
 #[cfg(test)]
 mod tests;
 

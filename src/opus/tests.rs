@@ -1,12 +1,21 @@
 //! The Ogg writer against known CRCs and the reference tools; `OpusStream` through the
-//! independent reader and through `opusdec` (opus-tools, the Xiph reference decoder), which
+//! emulator's strict reader (code of its own: a checker that shared the writer's code would
+//! share its mistakes) and through `opusdec` (opus-tools, the Xiph reference decoder), which
 //! these tests require on PATH.
 
 use super::ogg::{self, PageBuilder};
-use super::ogg_read::{ogg_crc, OggOpusReader, ReadError};
-use super::{OpusConfig, OpusError, OpusStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use super::{OpusConfig, OpusError, OpusStream, Pages};
+use qwen_asr_emulator::ogg_opus::{ogg_crc, OggOpusReader, ReadError};
+use std::path::Path;
+
+// The integration tests' comparison of a decode with its source and their runner of the
+// reference tools (both std only), shared rather than copied.
+#[path = "../../tests/common/opus_tools.rs"]
+mod opus_tools;
+#[path = "../../tests/common/signal.rs"]
+mod signal;
+use opus_tools::{opusdec_to_wav, opusinfo_is_clean, run_tool, Scratch};
+use signal::assert_matches_source;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/audio/hello_16k.wav");
 
@@ -23,82 +32,12 @@ fn fixture() -> Vec<i16> {
     pcm
 }
 
-/// A scratch directory of this test's own, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("qwen-opus-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs an opus-tools program. CI installs opus-tools, so a missing program fails the test
-/// rather than skipping it.
-fn run_tool(program: &str, args: &[&std::ffi::OsStr]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} ({e}): install Debian's opus-tools to run the Opus tests")
-        });
-    assert!(
-        out.status.success(),
-        "{program} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Checks a file with opusinfo (opus-tools), which warns about sequence gaps, holes, CRC
-/// errors and granule positions that disagree with the packets' sample counts.
-fn opusinfo_is_clean(file: &Path) {
-    let out = Command::new("opusinfo")
-        .arg(file)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run opusinfo ({e}): install Debian's opus-tools"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "opusinfo failed:\n{text}");
-    assert!(
-        !text.contains("WARNING") && !text.contains("ERROR"),
-        "opusinfo complains:\n{text}"
-    );
-    assert!(
-        text.contains("Playback length"),
-        "opusinfo found no stream:\n{text}"
-    );
-}
-
 /// Decodes an Ogg Opus file with the reference decoder at `rate` Hz, after checking it with
 /// opusinfo.
 fn opusdec(file: &Path, rate: u32) -> Vec<i16> {
     opusinfo_is_clean(file);
     let wav = file.with_extension("dec.wav");
-    let rate_arg = rate.to_string();
-    run_tool(
-        "opusdec",
-        &[
-            "--quiet".as_ref(),
-            "--rate".as_ref(),
-            rate_arg.as_ref(),
-            file.as_os_str(),
-            wav.as_os_str(),
-        ],
-    );
+    opusdec_to_wav(file, rate, &wav);
     let mut r = crate::audio::wav::WavReader::open(&wav).expect("opusdec wrote a WAV");
     assert_eq!(r.spec().sample_rate, rate);
     assert_eq!(r.spec().channels, 1);
@@ -114,28 +53,30 @@ fn opusdec(file: &Path, rate: u32) -> Vec<i16> {
     pcm
 }
 
+/// Adds each of `pages` to `appends` as an append of its own; returns the audio samples they
+/// say they hold.
+fn take_pages(pages: &Pages<'_>, appends: &mut Vec<Vec<u8>>) -> u64 {
+    pages
+        .iter()
+        .map(|page| {
+            appends.push(page.bytes().to_vec());
+            u64::from(page.audio_samples())
+        })
+        .sum()
+}
+
 /// Everything one stream sends: the header pages, then the pages of `pcm` pushed in
 /// `chunk`-sample pieces, then the final pages. Each element is one append.
 fn encode(config: &OpusConfig, rate: u32, serial: u32, pcm: &[i16], chunk: usize) -> Vec<Vec<u8>> {
     let mut stream = OpusStream::new(config, rate, serial).expect("stream");
-    let mut appends: Vec<Vec<u8>> = stream
-        .headers()
-        .iter()
-        .map(|p| p.bytes().to_vec())
-        .collect();
-    let mut audio_samples = 0u64;
+    let mut appends = Vec::new();
+    // The headers hold no audio: counted all the same, so that a header claiming some shows.
+    let mut audio_samples = take_pages(&stream.headers(), &mut appends);
     for piece in pcm.chunks(chunk) {
-        let pages = stream.push_pcm(piece).expect("push");
-        for page in pages.iter() {
-            audio_samples += u64::from(page.audio_samples());
-            appends.push(page.bytes().to_vec());
-        }
+        audio_samples += take_pages(&stream.push_pcm(piece).expect("push"), &mut appends);
     }
     let last = stream.finish().expect("finish");
-    for page in last.iter() {
-        audio_samples += u64::from(page.audio_samples());
-        appends.push(page.bytes().to_vec());
-    }
+    audio_samples += take_pages(&last, &mut appends);
     assert!(last.get(last.len() - 1).expect("a final page").is_eos());
     assert_eq!(
         audio_samples,
@@ -143,47 +84,6 @@ fn encode(config: &OpusConfig, rate: u32, serial: u32, pcm: &[i16], chunk: usize
         "the pages' audio adds up to what was pushed"
     );
     appends
-}
-
-/// Pearson correlation of two equally long signals.
-fn correlation(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        ab += (x - ma) * (y - mb);
-        aa += (x - ma) * (x - ma);
-        bb += (y - mb) * (y - mb);
-    }
-    ab / (aa * bb).sqrt()
-}
-
-/// RMS per 20 ms window.
-fn envelope(pcm: &[i16], rate: u32) -> Vec<f64> {
-    let w = (rate / 50) as usize;
-    pcm.chunks(w)
-        .map(|c| (c.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / c.len() as f64).sqrt())
-        .collect()
-}
-
-/// The decoded audio has the source's length and, through a lossy codec, its shape: the
-/// 20 ms envelopes correlate above 0.98 (0.999 measured) and the waveforms, time-aligned by the
-/// pre-skip, above 0.85 (0.91 through opusdec, which decodes at 48 kHz and resamples). The same
-/// decode 6.5 ms (one missing pre-skip) off gives 0.02 and 0.65..0.87.
-fn assert_matches_source(decoded: &[i16], source: &[i16], rate: u32) {
-    assert_eq!(
-        decoded.len(),
-        source.len(),
-        "decoded length (pre-skip and end trim)"
-    );
-    let env = correlation(&envelope(decoded, rate), &envelope(source, rate));
-    let wave = correlation(
-        &decoded.iter().map(|&s| f64::from(s)).collect::<Vec<_>>(),
-        &source.iter().map(|&s| f64::from(s)).collect::<Vec<_>>(),
-    );
-    assert!(env > 0.98, "envelope correlation {env:.3}");
-    assert!(wave > 0.85, "waveform correlation {wave:.3}");
 }
 
 fn write_file(path: &Path, appends: &[Vec<u8>]) {
@@ -327,7 +227,7 @@ fn stream_round_trips_through_the_reader_one_whole_page_per_append() {
     let source = fixture();
     // Uneven pieces: frames and pages must be cut from them, not from the caller's chunks.
     let appends = encode(&OpusConfig::default(), 16_000, 1, &source, 1_234);
-    let mut reader = OggOpusReader::new(16_000);
+    let mut reader = OggOpusReader::new(16_000).keep_page_log();
     for (i, append) in appends.iter().enumerate() {
         reader.push(append).expect("page reads");
         assert!(
@@ -335,16 +235,17 @@ fn stream_round_trips_through_the_reader_one_whole_page_per_append() {
             "append {i} is not one whole page"
         );
         assert_eq!(
-            reader.pages().len(),
-            i + 1,
+            reader.pages(),
+            i as u64 + 1,
             "append {i} holds exactly one page"
         );
     }
     reader.finish().expect("stream ends with EOS");
     assert!(reader.is_ended());
-    let pages = reader.pages();
+    let pages = reader.page_log();
+    assert_eq!(pages.len(), appends.len());
     let audio_packets: usize = pages[2..].iter().map(|p| p.packets).sum();
-    assert_eq!(reader.audio_packets(), audio_packets);
+    assert_eq!(reader.audio_packets(), audio_packets as u64);
     // Whole 20 ms frames until the audio and the 104 samples of encoder lookahead are out.
     assert_eq!(audio_packets, (source.len() + 104).div_ceil(320));
     // 100 ms pages of 20 ms packets, granule positions in 48 kHz samples.
@@ -367,18 +268,12 @@ fn stream_round_trips_through_the_reader_one_whole_page_per_append() {
 fn flush_completes_a_short_page_and_keeps_the_partial_frame() {
     let source = fixture();
     let mut stream = OpusStream::new(&OpusConfig::default(), 16_000, 9).unwrap();
-    let mut appends: Vec<Vec<u8>> = stream
-        .headers()
-        .iter()
-        .map(|p| p.bytes().to_vec())
-        .collect();
-    let mut audio_samples = 0u64;
+    let mut appends = Vec::new();
+    // The headers hold no audio: counted all the same, so that a header claiming some shows.
+    let mut audio_samples = take_pages(&stream.headers(), &mut appends);
     // 130 ms: one full page, one frame, and 10 ms that is no whole frame.
     let (first, rest) = source.split_at(2_080);
-    for page in stream.push_pcm(first).unwrap().iter() {
-        audio_samples += u64::from(page.audio_samples());
-        appends.push(page.bytes().to_vec());
-    }
+    audio_samples += take_pages(&stream.push_pcm(first).unwrap(), &mut appends);
     assert_eq!(appends.len(), 3);
     let flushed = stream.flush().unwrap();
     assert_eq!(flushed.len(), 1, "the page being filled");
@@ -395,22 +290,16 @@ fn flush_completes_a_short_page_and_keeps_the_partial_frame() {
         stream.flush().unwrap().is_empty(),
         "nothing more to complete"
     );
-    for page in stream.push_pcm(rest).unwrap().iter() {
-        audio_samples += u64::from(page.audio_samples());
-        appends.push(page.bytes().to_vec());
-    }
-    for page in stream.finish().unwrap().iter() {
-        audio_samples += u64::from(page.audio_samples());
-        appends.push(page.bytes().to_vec());
-    }
+    audio_samples += take_pages(&stream.push_pcm(rest).unwrap(), &mut appends);
+    audio_samples += take_pages(&stream.finish().unwrap(), &mut appends);
     assert_eq!(audio_samples, source.len() as u64);
     assert!(matches!(stream.flush(), Err(OpusError::Finished)));
-    let mut reader = OggOpusReader::new(16_000);
+    let mut reader = OggOpusReader::new(16_000).keep_page_log();
     for append in &appends {
         reader.push(append).unwrap();
     }
     reader.finish().unwrap();
-    assert_eq!(reader.pages()[3].packets, 1);
+    assert_eq!(reader.page_log()[3].packets, 1);
     assert_matches_source(reader.pcm(), &source, 16_000);
 }
 
@@ -609,7 +498,7 @@ fn config_ranges_are_checked() {
 
 #[test]
 fn the_reader_survives_any_corruption_without_panicking() {
-    // The reader will check what clients send a server: every outcome must be Ok or an error.
+    // The reader checks what clients send the emulator: every outcome must be Ok or an error.
     let source = fixture();
     let stream = encode(&OpusConfig::default(), 16_000, 21, &source[..8_000], 1_600).concat();
     // A fixed linear congruential sequence: the same mutations on every run.

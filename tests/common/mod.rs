@@ -2,11 +2,14 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod forwarder;
+pub mod opus_tools;
+pub mod signal;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use qwen_asr_emulator::{AudioDigest, Emulator, EmulatorConfig};
-use qwen_asr_realtime::{ConnectParams, Conversation, Event, EventKind, Timeouts};
+use qwen_asr_emulator::{AudioDigest, Emulator, EmulatorConfig, Fault};
+use qwen_asr_realtime::{ConnectParams, Conversation, Event, EventKind, ReconnectPolicy, Timeouts};
 
 /// Every wait in the tests is bounded by this; a hang becomes a failure, not a stuck CI.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -38,14 +41,16 @@ pub fn digest(samples: &[i16]) -> AudioDigest {
     AudioDigest::of(&le_bytes(samples))
 }
 
-/// The PCM bytes of the WAV shipped for the README's main command.
-pub fn shipped_wav_pcm() -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/audio/hello_16k.wav");
-    let mut r = qwen_asr_realtime::audio::wav::WavReader::open(path).expect("shipped WAV");
+/// The samples of a mono WAV file, which must be at `rate` Hz.
+pub fn wav_samples(path: &Path, rate: u32) -> Vec<i16> {
+    let mut r = qwen_asr_realtime::audio::wav::WavReader::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(r.spec().sample_rate, rate, "{}", path.display());
+    assert_eq!(r.spec().channels, 1, "{}", path.display());
     let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
+    let mut buf = [0i16; 4096];
     loop {
-        let n = r.read_bytes(&mut buf).expect("read WAV");
+        let n = r.read_samples(&mut buf).expect("read WAV");
         if n == 0 {
             return out;
         }
@@ -53,8 +58,25 @@ pub fn shipped_wav_pcm() -> Vec<u8> {
     }
 }
 
+/// The samples of the WAV shipped for the README's main command (16 kHz mono speech).
+pub fn shipped_wav_samples() -> Vec<i16> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/audio/hello_16k.wav");
+    wav_samples(Path::new(path), 16_000)
+}
+
 pub fn start_emulator(config: EmulatorConfig) -> Emulator {
     Emulator::start(config).expect("start emulator")
+}
+
+/// An emulator configuration that records audio, with `faults` on its first session only (the
+/// replay on the next session must not trip them again).
+pub fn recording(faults: Vec<Fault>) -> EmulatorConfig {
+    EmulatorConfig {
+        faults,
+        fault_sessions: Some(1),
+        record_audio: true,
+        ..Default::default()
+    }
 }
 
 /// Parameters for an emulator: its URL, a key, and short timeouts.
@@ -68,6 +90,15 @@ pub fn params_for(emu: &Emulator) -> ConnectParams {
         .url(emu.url())
         .api_key("test-key")
         .timeouts(t)
+}
+
+/// A reconnect policy for loopback: quick retries (20 ms, at most 200 ms apart), 20 of them.
+pub fn fast_reconnect() -> ReconnectPolicy {
+    let mut p = ReconnectPolicy::default();
+    p.initial_backoff = Duration::from_millis(20);
+    p.max_backoff = Duration::from_millis(200);
+    p.max_attempts = 20;
+    p
 }
 
 /// Reads events until `client.closed` (included) or the stream ends, bounded by [`WAIT`].
@@ -91,6 +122,17 @@ pub fn collect_until_closed(conv: &Conversation) -> Vec<Event> {
 
 pub fn types(events: &[Event]) -> Vec<String> {
     events.iter().map(|e| e.type_name().to_owned()).collect()
+}
+
+/// The milliseconds the `client.audio_dropped` events among `events` report.
+pub fn dropped_ms(events: &[Event]) -> u64 {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::AudioDropped { ms, .. } => Some(*ms),
+            _ => None,
+        })
+        .sum()
 }
 
 pub fn transcripts(events: &[Event]) -> Vec<String> {

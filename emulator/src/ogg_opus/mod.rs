@@ -28,7 +28,8 @@
 //! Memory is bounded: at most one incomplete page (under 64 KiB) waits between pushes, and
 //! [`OggOpusReader::push_each`] hands out each page's audio as it is decoded (what a server
 //! does); [`OggOpusReader::push`] keeps it until [`OggOpusReader::take_pcm`] takes it (what a
-//! test does).
+//! test does). A log of every page is kept only when asked for
+//! ([`OggOpusReader::keep_page_log`], a test's tool).
 
 use std::fmt;
 
@@ -276,6 +277,8 @@ pub struct OggOpusReader {
     released_samples: u64,
     pages: u64,
     last_page: Option<PageInfo>,
+    /// Every page read, when asked for ([`OggOpusReader::keep_page_log`]).
+    page_log: Option<Vec<PageInfo>>,
     packets: u64,
     /// The first error: the stream is refused from then on.
     failed: bool,
@@ -317,6 +320,7 @@ impl OggOpusReader {
             released_samples: 0,
             pages: 0,
             last_page: None,
+            page_log: None,
             packets: 0,
             failed: false,
         }
@@ -326,6 +330,15 @@ impl OggOpusReader {
     /// session's `sample_rate`).
     pub fn expect_input_rate(mut self, rate: u32) -> Self {
         self.expected_input_rate = Some(rate);
+        self
+    }
+
+    /// Keeps a [`PageInfo`] of every page read, for [`page_log`](Self::page_log): what a test
+    /// checks a writer's paging with (packets per page, granule positions, page sizes). Off
+    /// by default, because the log grows with the stream (a server keeps only
+    /// [`last_page`](Self::last_page)).
+    pub fn keep_page_log(mut self) -> Self {
+        self.page_log = Some(Vec::new());
         self
     }
 
@@ -451,6 +464,12 @@ impl OggOpusReader {
         self.last_page.as_ref()
     }
 
+    /// Every page read, in order, if [`keep_page_log`](Self::keep_page_log) asked for it;
+    /// empty otherwise.
+    pub fn page_log(&self) -> &[PageInfo] {
+        self.page_log.as_deref().unwrap_or(&[])
+    }
+
     /// Audio packets decoded so far.
     pub fn audio_packets(&self) -> u64 {
         self.packets
@@ -573,15 +592,19 @@ impl OggOpusReader {
             self.trim_to(granule)?;
             self.state = State::Ended;
         }
-        self.pages += 1;
-        self.last_page = Some(PageInfo {
+        let info = PageInfo {
             flags,
             granule,
             serial,
             sequence,
             packets: completed,
             bytes: page.len(),
-        });
+        };
+        self.pages += 1;
+        self.last_page = Some(info);
+        if let Some(log) = &mut self.page_log {
+            log.push(info);
+        }
         self.released_samples += self.page_pcm.len() as u64;
         Ok(())
     }

@@ -210,6 +210,36 @@ fn audio_comes_out_page_by_page() {
     assert!(reader.take_pcm().is_empty(), "taken once");
 }
 
+#[test]
+fn the_page_log_holds_every_page_only_when_asked_for() {
+    let pages = stream(&signal(16_000, 1_000), 16_000, 5);
+    let mut plain = OggOpusReader::new(16_000);
+    plain.push(&pages.concat()).unwrap();
+    assert!(plain.page_log().is_empty(), "no log unless asked for");
+    let mut reader = OggOpusReader::new(16_000).keep_page_log();
+    // Pushed in pieces that end inside pages: a page is logged once, when whole.
+    for piece in pages.concat().chunks(100) {
+        reader.push(piece).unwrap();
+    }
+    reader.finish().unwrap();
+    let log = reader.page_log();
+    assert_eq!(log.len(), pages.len());
+    for (i, (info, page)) in log.iter().zip(&pages).enumerate() {
+        assert_eq!(info.sequence, i as u32);
+        assert_eq!(info.serial, 5);
+        assert_eq!(info.bytes, page.len());
+        let granule = u64::from_le_bytes(page[6..14].try_into().unwrap());
+        assert_eq!(info.granule, granule, "page {i}");
+    }
+    assert_eq!((log[0].flags, log[0].packets), (FLAG_BOS, 1));
+    assert_eq!(log[2].packets, FRAMES_PER_PAGE);
+    assert_eq!(log.last(), reader.last_page());
+    assert_eq!(
+        log.iter().skip(2).map(|p| p.packets as u64).sum::<u64>(),
+        reader.audio_packets()
+    );
+}
+
 /// Feeds `bytes` and returns the error, checking that the stream stays refused.
 fn refused(bytes: &[u8]) -> ReadError {
     let mut reader = OggOpusReader::new(16_000).expect_input_rate(16_000);
