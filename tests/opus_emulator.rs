@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::opus_tools::{opusdec_to_wav, Scratch};
 use common::signal::{correlation, rms_envelope};
@@ -365,22 +364,6 @@ fn a_broken_stream_gets_an_error_and_is_refused_for_the_rest_of_the_session() {
     }
 }
 
-/// True when `opusdec` runs. Without it the test is skipped loudly, except under CI (the
-/// variable `CI` set), which installs opus-tools and so must run it.
-fn opusdec_available() -> bool {
-    match Command::new("opusdec").arg("--version").output() {
-        Ok(_) => true,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!(
-                "\n########\n### SKIPPED: opusdec cannot run ({e}): install Debian's opus-tools to \
-                 check the recorded stream with the reference decoder\n########\n"
-            );
-            false
-        }
-        Err(e) => panic!("CI is set but opusdec cannot run ({e}): install opus-tools"),
-    }
-}
-
 /// `opusdec --rate 16000 ogg wav`, and the decoded samples.
 fn opusdec(ogg: &Path, wav_out: &Path) -> Vec<i16> {
     opusdec_to_wav(ogg, RATE, wav_out);
@@ -389,9 +372,6 @@ fn opusdec(ogg: &Path, wav_out: &Path) -> Vec<i16> {
 
 #[test]
 fn opusdec_decodes_the_stream_the_emulator_recorded_back_to_the_source() {
-    if !opusdec_available() {
-        return;
-    }
     let source = speech();
     let pages = opus_pages(&source, 16);
     let (_, rec) = run(&pages, &opus_session(true));
@@ -423,9 +403,6 @@ fn opusdec_decodes_the_stream_the_emulator_recorded_back_to_the_source() {
 /// start of the source.
 #[test]
 fn opusdec_decodes_both_recorded_streams_of_a_session_split_by_a_reconnect() {
-    if !opusdec_available() {
-        return;
-    }
     let emu = start_emulator(recording(vec![Fault::AfterAppends {
         n: 12,
         action: FaultAction::Drop,
