@@ -116,13 +116,11 @@ fn capture(conv: &Conversation, opts: &common::Options) -> Result<(), String> {
             Err(e) => eprintln!("commit: {e}"),
         }
     }
-    let ended = conv
-        .end_session(common::END_SESSION_TIMEOUT)
-        .map_err(|e| common::failure("end of session", e));
-    if let Some(g) = &gate {
-        gate::summary(g);
-    }
-    ended
+    common::end_session_then(conv, || {
+        if let Some(g) = &gate {
+            gate::summary(g);
+        }
+    })
 }
 
 /// `--gate`: the speech gate between the capture thread and the conversation.

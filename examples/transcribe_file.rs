@@ -97,13 +97,11 @@ fn stream(
         }
         None => {}
     }
-    let ended = conv
-        .end_session(common::END_SESSION_TIMEOUT)
-        .map_err(|e| common::failure("end of session", e));
-    if let Some(g) = &gate {
-        gate::summary(g);
-    }
-    ended
+    common::end_session_then(conv, || {
+        if let Some(g) = &gate {
+            gate::summary(g);
+        }
+    })
 }
 
 /// `--gate`: the speech gate in front of the conversation.

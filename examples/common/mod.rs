@@ -260,6 +260,16 @@ pub fn refuse_gate(o: &Options) -> Result<(), String> {
     Ok(())
 }
 
+/// Ends the session, then runs `after` (a summary that must count the session's end), and
+/// gives the end's outcome.
+pub fn end_session_then(conv: &Conversation, after: impl FnOnce()) -> Result<(), String> {
+    let ended = conv
+        .end_session(END_SESSION_TIMEOUT)
+        .map_err(|e| failure("end of session", e));
+    after();
+    ended
+}
+
 /// The session configuration the options ask for.
 pub fn session_config(o: &Options, sample_rate: u32) -> SessionConfig {
     let mut cfg = if o.manual {
