@@ -281,6 +281,9 @@ impl IoThread {
         lock(&self.link).set_replay(Replay::new(window_ms));
         loop {
             let end = self.serve(st);
+            if matches!(end, LinkEnd::Lost { .. }) {
+                self.take_queued_notices(st);
+            }
             let ending = st.idle_end.take();
             let idle = ending.as_ref().map(|i| i.idle_ms);
             let closed = match end {
@@ -331,6 +334,34 @@ impl IoThread {
         }
     }
 
+    /// Passes on the client events at the head of the queue (the gate's openings and
+    /// closings, a capture's reports), and keeps the first other command for what comes
+    /// next. They were raised before anything still queued, so they say what state the
+    /// link ended in: a server that closes an idle session right after the gate's last audio
+    /// is otherwise seen before the gate's close, which is queued behind that audio, and the
+    /// idle close would look like a lost link.
+    fn take_queued_notices(&self, st: &mut State) {
+        loop {
+            let cmd = match st.held_cmd.take() {
+                Some(cmd) => cmd,
+                None => match self.commands.try_recv() {
+                    Ok(cmd) => cmd,
+                    Err(_) => return,
+                },
+            };
+            match cmd {
+                Command::Notify(event) => {
+                    note_gate(&event, st, lock(&self.link).replay_mut());
+                    st.out.push(event);
+                }
+                other => {
+                    st.held_cmd = Some(other);
+                    return;
+                }
+            }
+        }
+    }
+
     /// A connection that ended with the gate closed, every result in and the caller not
     /// ending the conversation lost nothing: an idle session the server closed (or ours,
     /// whose close the server made first). Not an error: a new session opens when needed.
@@ -359,7 +390,12 @@ impl IoThread {
                 // What is still queued is reported as dropped on the way out.
                 return Some((1000, "bye".into()));
             }
-            match self.commands.try_recv() {
+            // A command taken from the queue before the link ended comes first.
+            let next = match st.held_cmd.take() {
+                Some(cmd) => Ok(cmd),
+                None => self.commands.try_recv(),
+            };
+            match next {
                 Ok(Command::Notify(event)) => {
                     note_gate(&event, st, lock(&self.link).replay_mut());
                     st.out.push(event);
