@@ -178,6 +178,12 @@ impl Link {
     pub fn replace_socket(&mut self, socket: Socket, tcp: Arc<TcpStream>) {
         self.socket = socket;
         self.tcp = tcp;
+        // What the old socket's writes left behind is not the new one's: a stale failure
+        // would end the new connection at its first write (as it did when a command held
+        // over from the old connection went first and the link stayed closed to senders
+        // until then, so `set_open` had not cleared it yet).
+        self.write_blocked = false;
+        self.failure = None;
     }
 
     /// A handle that keeps the socket open for a wait outside the lock.
