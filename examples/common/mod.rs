@@ -99,7 +99,8 @@ pub fn parse_args(usage: &str, extra: &[&str], extra_valued: &[&str]) -> Options
     match try_parse(std::env::args().skip(1), extra, extra_valued) {
         Ok(Some(o)) => o,
         Ok(None) => {
-            println!("{usage}");
+            // Not println!: it panics when the reader has gone (`--help | head`).
+            let _ = writeln!(std::io::stdout(), "{usage}");
             std::process::exit(0);
         }
         Err(e) => {
