@@ -39,6 +39,10 @@ use crate::sys::wake::Wake;
 /// How long we wait for the peer to answer our close frame before dropping the socket.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
+/// How long a lost link with the gate open waits for the caller's next command, which tells
+/// whether the gate had closed (see `await_gate_notice`).
+const GATE_NOTICE_WAIT: Duration = Duration::from_secs(1);
+
 /// While the caller is behind on events and a partial is held back, how often we look again.
 const HELD_PARTIAL_RETRY: Duration = Duration::from_millis(50);
 
@@ -283,6 +287,7 @@ impl IoThread {
             let end = self.serve(st);
             if matches!(end, LinkEnd::Lost { .. }) {
                 self.take_queued_notices(st);
+                self.await_gate_notice(st);
             }
             let ending = st.idle_end.take();
             let idle = ending.as_ref().map(|i| i.idle_ms);
@@ -335,8 +340,8 @@ impl IoThread {
     }
 
     /// Passes on the client events at the head of the queue (the gate's openings and
-    /// closings, a capture's reports), and keeps the first other command for what comes
-    /// next. They were raised before anything still queued, so they say what state the
+    /// closings, a capture's reports) up to the gate's next close, and keeps the first other
+    /// command for what comes next. They were raised before anything still queued, so they say what state the
     /// link ended in: a server that closes an idle session right after the gate's last audio
     /// is otherwise seen before the gate's close, which is queued behind that audio, and the
     /// idle close would look like a lost link.
@@ -351,14 +356,48 @@ impl IoThread {
             };
             match cmd {
                 Command::Notify(event) => {
+                    let gate_closed = matches!(event.kind, EventKind::GateClosed { .. });
                     note_gate(&event, st, lock(&self.link).replay_mut());
                     st.out.push(event);
+                    // The state the audio sent ended in: what follows (the next opening) is
+                    // about audio not sent yet, and waits in the queue for the next session.
+                    if gate_closed {
+                        return;
+                    }
                 }
                 other => {
                     st.held_cmd = Some(other);
                     return;
                 }
             }
+        }
+    }
+
+    /// After a lost link with the gate open and nothing queued: the gate's close may be on
+    /// its way. The caller appends the gate's last audio and only then queues
+    /// `client.gate_closed`, so a server that closes the idle session at once can be seen
+    /// between the two (a slow or busy caller's thread). Waits for the caller's next command,
+    /// at most `GATE_NOTICE_WAIT`: an open gate sends audio every chunk, so this costs at
+    /// most a chunk's time when the gate really is open.
+    fn await_gate_notice(&self, st: &mut State) {
+        if st.gate_open != Some(true) || st.held_cmd.is_some() {
+            return;
+        }
+        let deadline = Instant::now() + GATE_NOTICE_WAIT;
+        loop {
+            // Drained before the look at the queue, so that a command queued after the look
+            // signals the fd again (see `drain_wake`).
+            self.drain_wake();
+            self.take_queued_notices(st);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if st.gate_open != Some(true)
+                || st.held_cmd.is_some()
+                || left.is_zero()
+                || self.shared.cancel.is_requested()
+            {
+                return;
+            }
+            poll(None, Some(self.wake.fd()), Some(left));
         }
     }
 
@@ -1461,5 +1500,97 @@ mod tests {
             "reported {dropped} ms of the 500+ sent: {events:?}"
         );
         assert!(conv.is_closed());
+    }
+
+    /// A 440 Hz tone of `ms`: speech to the emulator's VAD.
+    fn tone(ms: u32) -> Vec<i16> {
+        (0..16 * ms)
+            .map(|i| {
+                (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * f64::from(i) / 16e3).sin()) as i16
+            })
+            .collect()
+    }
+
+    /// A gate's caller appends the last audio of an utterance and only then says that the
+    /// gate closed; a server that closes the idle session at once is seen in between when the
+    /// caller's thread is slow (here it waits 300 ms on purpose). Before: the gate still looked
+    /// open, the server's close 1000 ended the conversation, and the next utterance could not
+    /// be sent. Now the I/O thread waits (bounded) for the caller's next word before judging.
+    #[test]
+    fn a_server_close_seen_before_the_gates_close_is_still_an_idle_close() {
+        let emu = Emulator::start(EmulatorConfig {
+            faults: vec![Fault::AfterAppends {
+                n: 2,
+                action: FaultAction::Close {
+                    code: 1000,
+                    reason: "idle session".into(),
+                },
+            }],
+            fault_sessions: Some(1),
+            ..Default::default()
+        })
+        .unwrap();
+        let params = ConnectParams::new()
+            .url(emu.url())
+            .api_key("k")
+            .reconnect(crate::ReconnectPolicy::default());
+        let conv = Conversation::start(params, &SessionConfig::vad()).unwrap();
+        let sender = conv.audio_sender();
+        let opened = EventKind::GateOpened {
+            at_ms: 0,
+            speech_at_ms: 0,
+        };
+        let closed = EventKind::GateClosed {
+            at_ms: 2200,
+            speech_end_ms: 1000,
+        };
+        sender.notify(opened.clone()).unwrap();
+        sender.append_pcm(&tone(1000)).unwrap();
+        // The hangover: the emulator ends the utterance in it, then closes the session.
+        sender.append_pcm(&[0i16; 16 * 1200]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        sender.notify(closed.clone()).unwrap();
+        // The next utterance opens a new session.
+        sender.notify(opened).unwrap();
+        sender.append_pcm(&tone(1000)).unwrap();
+        sender.append_pcm(&[0i16; 16 * 1200]).unwrap();
+        sender.notify(closed).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut events = Vec::new();
+        while events
+            .iter()
+            .filter(|k| matches!(k, EventKind::Completed(_)))
+            .count()
+            < 2
+        {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            match conv.recv_timeout(left) {
+                Ok(e) => events.push(e.kind),
+                Err(_) => break,
+            }
+        }
+        let idle_closed = events
+            .iter()
+            .filter(|k| {
+                matches!(
+                    k,
+                    EventKind::SessionIdleClosed {
+                        by_server: true,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(idle_closed, 1, "{events:?}");
+        assert!(
+            !events
+                .iter()
+                .any(|k| matches!(k, EventKind::AudioDropped { .. } | EventKind::Closed { .. })),
+            "{events:?}"
+        );
+        assert_eq!(emu.sessions().len(), 2, "{events:?}");
+        conv.end_session(Duration::from_secs(10)).unwrap();
     }
 }
